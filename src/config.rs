@@ -1,0 +1,672 @@
+//! Settings: the only code that reads the environment.
+//!
+//! Every setting is an upper snake case name with an area prefix, exactly as it appears in
+//! `local.settings.json` and in the Function App's application settings. Values become typed
+//! (`Duration`, `NonZeroU32`, `Url`, enums) here and nowhere else; a bad value stops start-up
+//! with a [`ConfigError`] that names the setting. The loaders take a lookup function, so tests
+//! pass a map instead of mutating the process environment.
+//!
+//! | Setting | Default | Meaning |
+//! |---|---|---|
+//! | `FUNCTIONS_CUSTOMHANDLER_PORT` | — (required in functions mode) | port the Functions host told us to listen on |
+//! | `FUNCTIONS_APP_ROOT_PATH` | current directory | app root (where `OutboxTimer/function.json` lives) |
+//! | `STANDALONE_PORT` | `7071` | port of `handler serve` (`--port` wins) |
+//! | `MONGODB_URI` | — (required) | connection string (secret) |
+//! | `MONGODB_DATABASE` | `outbox` | database |
+//! | `MONGODB_COLLECTION` | `documents` | collection of the business documents |
+//! | `MONGODB_WRITE_TIMEOUT_MS` | `10000` | budget of one document write, transaction retries included |
+//! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries |
+//! | `OUTBOX_EVENT_TYPE` | `CosmosDB.DocumentChanged` | `eventType` of the events |
+//! | `OUTBOX_SCHEDULE` | `schedule` of `OutboxTimer/function.json` | NCRONTAB of the standalone drain |
+//! | `OUTBOX_BATCH_SIZE` | `1000` | entries claimed at a time (1–5,000) |
+//! | `OUTBOX_PUBLISH_CONCURRENCY` | `4` | claimed batches published at once by one run |
+//! | `OUTBOX_LEASE_SECS` | `60` | how long a claim lasts |
+//! | `OUTBOX_MAX_ATTEMPTS` | `10` | failed publishes before an entry is dead-lettered |
+//! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`) |
+//! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay |
+//! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay |
+//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL) |
+//! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
+//! | `EVENTGRID_TOPIC_KEY` | — (required) | topic access key (secret), sent as `aeg-sas-key` |
+//! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request |
+//! | `RUST_LOG` | `info` | log filter |
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+/// The largest batch Event Grid accepts in one request.
+pub const MAX_BATCH_SIZE: u32 = 5_000;
+
+/// A setting that is missing or cannot be used. The message names the setting and never
+/// contains its value when the value is a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("setting {setting}: {reason}")]
+pub struct ConfigError {
+    /// Name of the setting, e.g. `OUTBOX_BATCH_SIZE`.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads settings by name. [`Env::process`] reads the process environment; tests use
+/// [`Env::from_map`].
+pub struct Env {
+    lookup: Box<Lookup>,
+}
+
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Env {
+    /// The process environment.
+    #[must_use]
+    pub fn process() -> Self {
+        Self {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "config.rs is the one place that reads the environment"
+            )]
+            lookup: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+
+    /// A fixed set of settings (tests, tools).
+    #[must_use]
+    pub fn from_map(map: HashMap<String, String>) -> Self {
+        Self {
+            lookup: Box::new(move |name| map.get(name).cloned()),
+        }
+    }
+
+    /// The value of `name`, with surrounding whitespace removed; empty counts as unset.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.get(name)
+            .ok_or_else(|| ConfigError::new(name, "is required but not set"))
+    }
+
+    fn string_or(&self, name: &'static str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parse_or<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| ConfigError::new(name, format!("must be {what}, got {raw:?}"))),
+        }
+    }
+
+    fn millis_or(&self, name: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parse_or(name, default_ms, "a whole number of milliseconds")?;
+        positive(name, Duration::from_millis(ms))
+    }
+
+    fn secs_or(&self, name: &'static str, default_secs: u64) -> Result<Duration, ConfigError> {
+        let secs: u64 = self.parse_or(name, default_secs, "a whole number of seconds")?;
+        positive(name, Duration::from_secs(secs))
+    }
+}
+
+fn positive(name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::new(name, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    /// Connection string; secret because it may carry credentials.
+    pub uri: SecretString,
+    /// Database of both collections.
+    pub database: String,
+    /// Collection of the business documents.
+    pub collection: String,
+    /// Collection of the outbox entries.
+    pub outbox_collection: String,
+    /// Budget of one document write, transaction retries included.
+    pub write_timeout: Duration,
+    /// How long published entries are kept before the TTL index removes them.
+    pub retention: Duration,
+}
+
+impl MongoSettings {
+    /// Reads `MONGODB_*`, `OUTBOX_COLLECTION` and `OUTBOX_RETENTION_HOURS`.
+    ///
+    /// # Errors
+    /// A missing `MONGODB_URI`, a malformed connection string, a bad collection name or a bad
+    /// number.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let uri = env.required("MONGODB_URI")?;
+        // Syntax only: resolving `mongodb+srv://` needs DNS, which happens lazily on first use
+        // so that the handler answers the host's readiness probe at once. The driver's error
+        // text can echo the string (and its password), so it is not passed on.
+        if mongodb::options::ConnectionString::parse(&uri).is_err() {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                "is not a valid MongoDB connection string (expected mongodb://… or mongodb+srv://…)",
+            ));
+        }
+        let database = env.string_or("MONGODB_DATABASE", "outbox");
+        check_name(
+            "MONGODB_DATABASE",
+            &database,
+            &['/', '\\', '.', ' ', '"', '$'],
+        )?;
+        let collection = env.string_or("MONGODB_COLLECTION", "documents");
+        check_name("MONGODB_COLLECTION", &collection, &['$'])?;
+        let outbox_collection = env.string_or("OUTBOX_COLLECTION", "outbox");
+        check_name("OUTBOX_COLLECTION", &outbox_collection, &['$'])?;
+        if collection == outbox_collection {
+            return Err(ConfigError::new(
+                "OUTBOX_COLLECTION",
+                "must differ from MONGODB_COLLECTION",
+            ));
+        }
+        let hours: u64 = env.parse_or("OUTBOX_RETENTION_HOURS", 168, "a whole number of hours")?;
+        let retention = positive("OUTBOX_RETENTION_HOURS", Duration::from_secs(hours * 3600))?;
+        Ok(Self {
+            uri: SecretString::from(uri),
+            database,
+            collection,
+            outbox_collection,
+            write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
+            retention,
+        })
+    }
+}
+
+fn check_name(setting: &'static str, name: &str, forbidden: &[char]) -> Result<(), ConfigError> {
+    if name.len() > 120 {
+        return Err(ConfigError::new(setting, "must be at most 120 bytes long"));
+    }
+    if name.starts_with("system.") {
+        return Err(ConfigError::new(setting, "must not start with \"system.\""));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| forbidden.contains(c) || *c == '\0' || c.is_control())
+    {
+        return Err(ConfigError::new(
+            setting,
+            format!("must not contain {c:?}, got {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// How to reach the Event Grid topic.
+#[derive(Debug, Clone)]
+pub struct EventGridSettings {
+    /// The whole topic endpoint (`https://…/api/events`), without `api-version`.
+    pub endpoint: Url,
+    /// Topic access key.
+    pub key: SecretString,
+    /// Timeout of one publish request.
+    pub publish_timeout: Duration,
+}
+
+impl EventGridSettings {
+    /// Reads `EVENTGRID_*`.
+    ///
+    /// # Errors
+    /// A missing endpoint or key, a URL that is not https (plain http is accepted only for
+    /// loopback hosts), a bad timeout.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let raw = env.required("EVENTGRID_TOPIC_ENDPOINT")?;
+        let endpoint = parse_endpoint(&raw)?;
+        let key = env.get("EVENTGRID_TOPIC_KEY").ok_or_else(|| {
+            ConfigError::new(
+                "EVENTGRID_TOPIC_KEY",
+                "is required: this version authenticates to Event Grid with the topic access key",
+            )
+        })?;
+        if key.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::new(
+                "EVENTGRID_TOPIC_KEY",
+                "contains control characters",
+            ));
+        }
+        Ok(Self {
+            endpoint,
+            key: SecretString::from(key),
+            publish_timeout: env.millis_or("EVENTGRID_PUBLISH_TIMEOUT_MS", 30_000)?,
+        })
+    }
+}
+
+fn parse_endpoint(raw: &str) -> Result<Url, ConfigError> {
+    const NAME: &str = "EVENTGRID_TOPIC_ENDPOINT";
+    let url =
+        Url::parse(raw).map_err(|e| ConfigError::new(NAME, format!("is not a valid URL ({e})")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(
+            NAME,
+            "must not carry credentials; use EVENTGRID_TOPIC_KEY",
+        ));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(ConfigError::new(
+                NAME,
+                "must use https (plain http is allowed only for loopback hosts)",
+            ));
+        }
+        other => {
+            return Err(ConfigError::new(
+                NAME,
+                format!("must be an https URL, got scheme {other:?}"),
+            ));
+        }
+    }
+    if url.fragment().is_some() {
+        return Err(ConfigError::new(NAME, "must not have a #fragment"));
+    }
+    if url.query_pairs().any(|(k, _)| k == "api-version") {
+        return Err(ConfigError::new(
+            NAME,
+            "must not carry api-version; the publisher adds api-version=2018-01-01",
+        ));
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// How the relay drains the outbox.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Entries claimed at a time (at most [`MAX_BATCH_SIZE`]).
+    pub batch_size: NonZeroU32,
+    /// Claimed batches published at once by one run.
+    pub publish_concurrency: NonZeroUsize,
+    /// How long a claim lasts before other runs may take the entries.
+    pub lease: Duration,
+    /// Failed publishes before an entry is dead-lettered.
+    pub max_attempts: NonZeroU32,
+    /// Time one drain may take.
+    pub time_budget: Duration,
+    /// First persisted retry delay.
+    pub initial_backoff: Duration,
+    /// Longest persisted retry delay.
+    pub max_backoff: Duration,
+}
+
+impl RelaySettings {
+    /// Reads the `OUTBOX_*` settings of the relay; `publish_timeout` is used to check that a
+    /// claim outlives the request that publishes it.
+    ///
+    /// # Errors
+    /// A bad number, a batch over 5,000, a lease too short for a publish, backoff bounds the
+    /// wrong way round.
+    pub fn from_env(env: &Env, publish_timeout: Duration) -> Result<Self, ConfigError> {
+        let batch_size: NonZeroU32 = env.parse_or(
+            "OUTBOX_BATCH_SIZE",
+            nz(1000),
+            "a whole number from 1 to 5000",
+        )?;
+        if batch_size.get() > MAX_BATCH_SIZE {
+            return Err(ConfigError::new(
+                "OUTBOX_BATCH_SIZE",
+                format!(
+                    "must be at most {MAX_BATCH_SIZE} (Event Grid's limit per request), got {batch_size}"
+                ),
+            ));
+        }
+        let publish_concurrency: NonZeroUsize = env.parse_or(
+            "OUTBOX_PUBLISH_CONCURRENCY",
+            NonZeroUsize::MIN.saturating_add(3),
+            "a whole number from 1 to 64",
+        )?;
+        if publish_concurrency.get() > 64 {
+            return Err(ConfigError::new(
+                "OUTBOX_PUBLISH_CONCURRENCY",
+                "must be at most 64",
+            ));
+        }
+        let lease = env.secs_or("OUTBOX_LEASE_SECS", 60)?;
+        if lease < publish_timeout * 2 {
+            return Err(ConfigError::new(
+                "OUTBOX_LEASE_SECS",
+                format!(
+                    "must be at least twice EVENTGRID_PUBLISH_TIMEOUT_MS ({} ms), so that a claim outlives the request that publishes it",
+                    publish_timeout.as_millis()
+                ),
+            ));
+        }
+        let max_attempts = env.parse_or("OUTBOX_MAX_ATTEMPTS", nz(10), "a whole number from 1")?;
+        let time_budget = env.secs_or("OUTBOX_TIME_BUDGET_SECS", 120)?;
+        let initial_backoff = env.millis_or("OUTBOX_INITIAL_BACKOFF_MS", 1000)?;
+        let max_backoff = env.secs_or("OUTBOX_MAX_BACKOFF_SECS", 300)?;
+        if initial_backoff > max_backoff {
+            return Err(ConfigError::new(
+                "OUTBOX_INITIAL_BACKOFF_MS",
+                "must not be longer than OUTBOX_MAX_BACKOFF_SECS",
+            ));
+        }
+        Ok(Self {
+            batch_size,
+            publish_concurrency,
+            lease,
+            max_attempts,
+            time_budget,
+            initial_backoff,
+            max_backoff,
+        })
+    }
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Everything the handler needs besides the listening port.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Database settings.
+    pub mongodb: MongoSettings,
+    /// Topic settings.
+    pub eventgrid: EventGridSettings,
+    /// Relay settings.
+    pub relay: RelaySettings,
+    /// `eventType` of the events written with each document.
+    pub event_type: String,
+    /// NCRONTAB expression of the standalone drain, if set explicitly.
+    pub schedule: Option<String>,
+    /// Port of standalone mode.
+    pub standalone_port: u16,
+    /// App root: where `host.json` and the function folders are.
+    pub app_root: PathBuf,
+}
+
+impl Settings {
+    /// Reads every setting.
+    ///
+    /// # Errors
+    /// The first setting that is missing or bad.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mongodb = MongoSettings::from_env(env)?;
+        let eventgrid = EventGridSettings::from_env(env)?;
+        let relay = RelaySettings::from_env(env, eventgrid.publish_timeout)?;
+        let event_type = env.string_or("OUTBOX_EVENT_TYPE", "CosmosDB.DocumentChanged");
+        if event_type.chars().any(char::is_control) || event_type.len() > 256 {
+            return Err(ConfigError::new(
+                "OUTBOX_EVENT_TYPE",
+                "must be at most 256 printable characters",
+            ));
+        }
+        let standalone_port =
+            env.parse_or("STANDALONE_PORT", 7071_u16, "a port number (0–65535)")?;
+        let app_root = env
+            .get("FUNCTIONS_APP_ROOT_PATH")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        Ok(Self {
+            mongodb,
+            eventgrid,
+            relay,
+            event_type,
+            schedule: env.get("OUTBOX_SCHEDULE"),
+            standalone_port,
+            app_root,
+        })
+    }
+
+    /// The value of an app setting named in a `%NAME%` placeholder of `function.json`, the
+    /// way the Functions host resolves it. Only settings this program knows are resolved.
+    #[must_use]
+    pub fn app_setting(&self, name: &str) -> Option<String> {
+        match name {
+            "OUTBOX_SCHEDULE" => self.schedule.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// The port the Functions host gave us (`FUNCTIONS_CUSTOMHANDLER_PORT`).
+///
+/// # Errors
+/// Missing or not a port number: the handler must then exit non-zero so the host notices.
+pub fn functions_port(env: &Env) -> Result<u16, ConfigError> {
+    const NAME: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+    let raw = env
+        .get(NAME)
+        .or_else(|| env.get("FUNCTIONS_HTTPWORKER_PORT"))
+        .ok_or_else(|| {
+            ConfigError::new(
+                NAME,
+                "is not set: the Azure Functions host sets it when it starts the handler; use `handler serve` to run without the host",
+            )
+        })?;
+    match raw.parse::<u16>() {
+        Ok(0) | Err(_) => Err(ConfigError::new(
+            NAME,
+            format!("must be a port number from 1 to 65535, got {raw:?}"),
+        )),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// The log filter (`RUST_LOG`), default `info`.
+#[must_use]
+pub fn log_filter(env: &Env) -> String {
+    env.string_or("RUST_LOG", "info")
+}
+
+/// Shows a secret's length but never its content: for diagnostics.
+#[must_use]
+pub fn describe_secret(secret: &SecretString) -> String {
+    format!("<{} characters, redacted>", secret.expose_secret().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("MONGODB_URI", "mongodb://127.0.0.1:27017/?replicaSet=rs0"),
+        (
+            "EVENTGRID_TOPIC_ENDPOINT",
+            "https://t.westeurope-1.eventgrid.azure.net/api/events",
+        ),
+        ("EVENTGRID_TOPIC_KEY", "k3y"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Env {
+        let mut v: Vec<(&str, &str)> = BASE.to_vec();
+        v.extend_from_slice(extra);
+        env(&v)
+    }
+
+    fn err(extra: &[(&'static str, &'static str)]) -> ConfigError {
+        Settings::from_env(&with(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_apply_when_only_required_settings_are_set() {
+        let s = Settings::from_env(&with(&[])).unwrap();
+        assert_eq!(s.mongodb.database, "outbox");
+        assert_eq!(s.mongodb.collection, "documents");
+        assert_eq!(s.mongodb.outbox_collection, "outbox");
+        assert_eq!(s.relay.batch_size.get(), 1000);
+        assert_eq!(s.relay.lease, Duration::from_secs(60));
+        assert_eq!(s.relay.time_budget, Duration::from_secs(120));
+        assert_eq!(s.eventgrid.publish_timeout, Duration::from_secs(30));
+        assert_eq!(s.event_type, "CosmosDB.DocumentChanged");
+        assert_eq!(s.standalone_port, 7071);
+        assert!(s.schedule.is_none());
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        for name in [
+            "MONGODB_URI",
+            "EVENTGRID_TOPIC_ENDPOINT",
+            "EVENTGRID_TOPIC_KEY",
+        ] {
+            let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
+            let e = Settings::from_env(&env(&pairs)).unwrap_err();
+            assert_eq!(e.setting, name);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_numbers_name_their_setting() {
+        for (name, value) in [
+            ("OUTBOX_BATCH_SIZE", "0"),
+            ("OUTBOX_BATCH_SIZE", "5001"),
+            ("OUTBOX_BATCH_SIZE", "many"),
+            ("OUTBOX_LEASE_SECS", "-1"),
+            ("OUTBOX_LEASE_SECS", "0"),
+            ("OUTBOX_MAX_ATTEMPTS", "0"),
+            ("OUTBOX_TIME_BUDGET_SECS", "1.5"),
+            ("OUTBOX_INITIAL_BACKOFF_MS", "x"),
+            ("OUTBOX_MAX_BACKOFF_SECS", "0"),
+            ("EVENTGRID_PUBLISH_TIMEOUT_MS", "soon"),
+            ("STANDALONE_PORT", "70000"),
+            ("OUTBOX_RETENTION_HOURS", "0"),
+            ("OUTBOX_PUBLISH_CONCURRENCY", "65"),
+            ("MONGODB_WRITE_TIMEOUT_MS", "0"),
+        ] {
+            let e = err(&[(name, value)]);
+            assert_eq!(e.setting, name, "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn lease_must_outlive_a_publish() {
+        let e = err(&[
+            ("EVENTGRID_PUBLISH_TIMEOUT_MS", "40000"),
+            ("OUTBOX_LEASE_SECS", "60"),
+        ]);
+        assert_eq!(e.setting, "OUTBOX_LEASE_SECS");
+    }
+
+    #[test]
+    fn backoff_bounds_must_be_ordered() {
+        let e = err(&[
+            ("OUTBOX_INITIAL_BACKOFF_MS", "5000"),
+            ("OUTBOX_MAX_BACKOFF_SECS", "2"),
+        ]);
+        assert_eq!(e.setting, "OUTBOX_INITIAL_BACKOFF_MS");
+    }
+
+    #[test]
+    fn plain_http_is_allowed_only_for_loopback() {
+        for ok in [
+            "http://127.0.0.1:7072/api/events",
+            "http://localhost:1/api/events",
+            "http://[::1]:9/api/events",
+        ] {
+            assert!(parse_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://topic.westeurope-1.eventgrid.azure.net/api/events",
+            "ftp://127.0.0.1/api/events",
+            "not a url",
+            "https://user:pw@t.eventgrid.azure.net/api/events",
+            "https://t.eventgrid.azure.net/api/events?api-version=2018-01-01",
+        ] {
+            let e = parse_endpoint(bad).unwrap_err();
+            assert_eq!(e.setting, "EVENTGRID_TOPIC_ENDPOINT", "{bad}");
+        }
+    }
+
+    #[test]
+    fn existing_query_parameters_are_kept() {
+        let url = parse_endpoint("https://t.eventgrid.azure.net/api/events?x=1").unwrap();
+        assert_eq!(url.query(), Some("x=1"));
+    }
+
+    #[test]
+    fn a_malformed_connection_string_is_rejected_without_echoing_it() {
+        let e = err(&[("MONGODB_URI", "mongodb://user:hunter2@/bad/")]);
+        assert_eq!(e.setting, "MONGODB_URI");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn collections_must_differ() {
+        let e = err(&[("OUTBOX_COLLECTION", "documents")]);
+        assert_eq!(e.setting, "OUTBOX_COLLECTION");
+    }
+
+    #[test]
+    fn database_names_with_forbidden_characters_are_rejected() {
+        let e = err(&[("MONGODB_DATABASE", "a/b")]);
+        assert_eq!(e.setting, "MONGODB_DATABASE");
+    }
+
+    #[test]
+    fn functions_port_is_required_and_numeric() {
+        assert_eq!(
+            functions_port(&env(&[])).unwrap_err().setting,
+            "FUNCTIONS_CUSTOMHANDLER_PORT"
+        );
+        for bad in ["", "x", "0", "65536", "-3"] {
+            let got = functions_port(&env(&[("FUNCTIONS_CUSTOMHANDLER_PORT", bad)]));
+            assert!(got.is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            functions_port(&env(&[("FUNCTIONS_CUSTOMHANDLER_PORT", " 8080 ")])).unwrap(),
+            8080
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = Settings::from_env(&with(&[(
+            "MONGODB_URI",
+            "mongodb://admin:s3cr3t@127.0.0.1:27017/?replicaSet=rs0",
+        )]))
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        assert!(!dbg.contains("k3y"), "{dbg}");
+    }
+}

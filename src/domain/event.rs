@@ -1,0 +1,186 @@
+//! The event announced for a change, exactly as it will be published.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Largest event Event Grid accepts, as compact JSON.
+pub const MAX_EVENT_BYTES: usize = 1_048_576;
+
+/// Namespace of the name-based (v5) event ids; fixed forever, or ids would change.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_4e0a_9a57_4d39_b1b4_2e6c_8d0f_5a11);
+
+/// Identifies one event, and the outbox entry that carries it.
+///
+/// Derived from (database, collection, document id, version) at write time, so a replayed
+/// write can only ever produce the same id, and apps sharing a database or a topic cannot
+/// collide. It never changes afterwards: consumers de-duplicate on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(Uuid);
+
+impl EventId {
+    /// The id of the event announcing `version` of a document.
+    #[must_use]
+    pub fn for_change(database: &str, collection: &str, document_id: &str, version: u64) -> Self {
+        let name = format!("{database}\0{collection}\0{document_id}\0{version}");
+        Self(Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()))
+    }
+
+    /// Wraps an id read back from the store.
+    #[must_use]
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The id as a UUID.
+    #[must_use]
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// An event in Event Grid's schema.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Stable id; equals the outbox entry's id.
+    pub id: EventId,
+    /// `<collection>/<document id>`.
+    pub subject: String,
+    /// e.g. `CosmosDB.DocumentChanged`.
+    pub event_type: String,
+    /// When the change was written, to the millisecond (what the store keeps).
+    pub event_time: DateTime<Utc>,
+    /// Version of the payload schema.
+    pub data_version: String,
+    /// The payload: a JSON object.
+    pub data: Box<RawValue>,
+}
+
+/// Wire form of one Event Grid event: exactly the six properties, in this order.
+#[derive(Serialize)]
+struct EventGridWire<'a> {
+    id: String,
+    subject: &'a str,
+    #[serde(rename = "eventType")]
+    event_type: &'a str,
+    #[serde(rename = "eventTime")]
+    event_time: String,
+    #[serde(rename = "dataVersion")]
+    data_version: &'a str,
+    data: &'a RawValue,
+}
+
+impl OutboxEvent {
+    /// The event for a change written now.
+    #[must_use]
+    pub fn new(
+        id: EventId,
+        subject: String,
+        event_type: String,
+        data_version: String,
+        data: Box<RawValue>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            subject,
+            event_type,
+            event_time: now.trunc_subsecs(3),
+            data_version,
+            data,
+        }
+    }
+
+    /// `eventTime` as Event Grid wants it: RFC 3339, UTC, milliseconds, `Z`.
+    #[must_use]
+    pub fn event_time_rfc3339(&self) -> String {
+        self.event_time
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    /// Appends the event as compact Event Grid JSON to `out`.
+    pub fn write_event_grid_json(&self, out: &mut Vec<u8>) {
+        let wire = EventGridWire {
+            id: self.id.to_string(),
+            subject: &self.subject,
+            event_type: &self.event_type,
+            event_time: self.event_time_rfc3339(),
+            data_version: &self.data_version,
+            data: &self.data,
+        };
+        // Serializing strings and an already-valid RawValue into a Vec cannot fail.
+        serde_json::to_writer(out, &wire).unwrap_or_default();
+    }
+
+    /// The event as compact Event Grid JSON.
+    #[must_use]
+    pub fn to_event_grid_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.get().len() + 256);
+        self.write_event_grid_json(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> OutboxEvent {
+        let now = DateTime::parse_from_rfc3339("2025-03-14T09:26:53.589731Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        OutboxEvent::new(
+            EventId::for_change("db", "orders", "o-1", 1),
+            "orders/o-1".into(),
+            "CosmosDB.DocumentChanged".into(),
+            "1.0".into(),
+            RawValue::from_string(r#"{"_id":"o-1","total":129.5}"#.into()).unwrap(),
+            now,
+        )
+    }
+
+    #[test]
+    fn event_ids_are_deterministic_and_scoped() {
+        let a = EventId::for_change("db", "orders", "o-1", 1);
+        assert_eq!(a, EventId::for_change("db", "orders", "o-1", 1));
+        assert_ne!(a, EventId::for_change("db", "orders", "o-1", 2));
+        assert_ne!(a, EventId::for_change("db", "invoices", "o-1", 1));
+        assert_ne!(a, EventId::for_change("other", "orders", "o-1", 1));
+        // The separator keeps ("a", "bc") and ("ab", "c") apart.
+        assert_ne!(
+            EventId::for_change("d", "a", "bc", 1),
+            EventId::for_change("d", "ab", "c", 1)
+        );
+        assert_eq!(a.as_uuid().get_version_num(), 5);
+    }
+
+    #[test]
+    fn the_wire_form_has_exactly_the_six_properties() {
+        let e = sample();
+        let json: serde_json::Value = serde_json::from_slice(&e.to_event_grid_json()).unwrap();
+        let obj = json.as_object().unwrap();
+        let keys: Vec<_> = obj.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "subject",
+                "eventType",
+                "eventTime",
+                "dataVersion",
+                "data"
+            ]
+        );
+        assert_eq!(obj["id"], e.id.to_string());
+        assert_eq!(obj["eventTime"], "2025-03-14T09:26:53.589Z");
+        assert_eq!(obj["dataVersion"], "1.0");
+        assert_eq!(obj["data"]["total"], 129.5);
+    }
+}

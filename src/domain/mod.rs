@@ -1,0 +1,7 @@
+//! Domain types: validated input and the events it produces. No I/O.
+
+pub mod document;
+pub mod event;
+
+pub use document::{DocumentId, InputError, NewDocument};
+pub use event::{EventId, MAX_EVENT_BYTES, OutboxEvent};

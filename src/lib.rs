@@ -1,0 +1,30 @@
+//! outbox-relay: write a document and its event in one MongoDB transaction, then relay the
+//! event to Azure Event Grid — as an Azure Functions custom handler.
+//!
+//! Module map (dependencies point inward; the core never sees the host's envelopes):
+//!
+//! - [`config`] — settings from the environment (the only reader of it).
+//! - [`telemetry`] — logging set-up.
+//! - [`domain`] — validated documents, event ids, the event itself. No I/O.
+//! - [`db`] — the MongoDB client, collections and indexes, driver-error classification.
+//! - [`outbox`] — outbox entries; [`outbox::store`] holds every query on them.
+//! - [`documents`] — use case: a document and its outbox entry, atomically.
+//! - [`publisher`] — Event Grid requests: batching, auth, response classification, backoff.
+//! - [`relay`] — use case: drain due entries to Event Grid, at least once.
+//! - [`schedule`] — standalone mode's timer.
+//! - [`functions`] — adapters: the host's envelopes, raw HTTP, standalone routes.
+//! - [`app`] — wiring and serving.
+//! - [`ops`] — operator commands.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod documents;
+pub mod domain;
+pub mod functions;
+pub mod ops;
+pub mod outbox;
+pub mod publisher;
+pub mod relay;
+pub mod schedule;
+pub mod telemetry;

@@ -1,0 +1,145 @@
+//! The `handler` binary: Functions mode (started by the Azure Functions host), standalone mode
+//! (`handler serve`) and operator commands (`handler outbox …`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use outbox_relay::app::App;
+use outbox_relay::config::{self, Env, MongoSettings, Settings};
+use outbox_relay::functions::Mode;
+use outbox_relay::{ops, schedule, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Transactional outbox for MongoDB / Azure Cosmos DB for MongoDB, relayed to Azure Event Grid.
+///
+/// Without a command it runs as an Azure Functions custom handler on
+/// FUNCTIONS_CUSTOMHANDLER_PORT. Settings come from the environment (see the README).
+#[derive(Debug, Parser)]
+#[command(name = "handler", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run without the Functions host: HTTP API, health, admin endpoint and the drain on its
+    /// schedule.
+    Serve {
+        /// Port to listen on [default: STANDALONE_PORT, else 7071].
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Inspect the outbox.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Entries by state and the age of the oldest pending one.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Env::process();
+    telemetry::init(&config::log_filter(&env));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, &env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Exit non-zero: under the Functions host this makes it restart us and record why.
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            let port = config::functions_port(env)?;
+            let settings = Settings::from_env(env)?;
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            serve(&settings, Mode::Functions, addr, None).await
+        }
+        Some(Command::Serve { port }) => {
+            let settings = Settings::from_env(env)?;
+            let schedule = schedule::resolve(&settings)?;
+            let addr = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port.unwrap_or(settings.standalone_port),
+            );
+            serve(&settings, Mode::Standalone, addr, Some(schedule)).await
+        }
+        Some(Command::Outbox {
+            command: OutboxCommand::Status { json },
+        }) => {
+            let settings = MongoSettings::from_env(env)?;
+            let counts = ops::status(settings)
+                .await
+                .context("cannot read the outbox")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counts)?);
+            } else {
+                print!("{}", ops::render_status(&counts));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    settings: &Settings,
+    mode: Mode,
+    addr: SocketAddr,
+    schedule: Option<schedule::Schedule>,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let app = App::build(settings, mode, addr, schedule, shutdown.clone()).await?;
+    let signals = tokio::spawn(stop_on_signal(shutdown));
+    let result = app.run().await;
+    signals.abort();
+    result
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C. (The Functions host uses SIGKILL, which nothing
+/// can catch; correctness never depends on this.)
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("Shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,85 @@
+//! The outbox: entries that carry events from a committed write to Event Grid.
+//!
+//! An entry is written in the same transaction as its document and holds the complete event.
+//! Its life: `pending` (due at `due_at`; claimed by a relay while its lease runs) →
+//! `published` (after Event Grid's 200; removed by the TTL index after the retention period)
+//! or `dead` (rejected by Event Grid, or out of attempts; kept until an operator acts).
+//!
+//! Every entry has the same shape, so the documents' own collection could hold entries too:
+//!
+//! ```text
+//! { _id: UUID (the event id; binary, so it never collides with a document's string _id),
+//!   _outbox: { status, due_at, lease_token, attempts, claims, created_at, published_at,
+//!              dead_at, last_error, history: [..10 last errors], document: { collection, id },
+//!              event: { subject, type, time, data_version, data (JSON text) } } }
+//! ```
+
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::OutboxEvent;
+
+/// Where an entry is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryStatus {
+    /// Waiting to be published (possibly claimed right now).
+    Pending,
+    /// Accepted by Event Grid.
+    Published,
+    /// Given up on; kept for an operator.
+    Dead,
+}
+
+impl EntryStatus {
+    /// The stored form.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Published => "published",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// An entry a relay holds under a claim.
+#[derive(Debug, Clone)]
+pub struct ClaimedEntry {
+    /// The event to publish.
+    pub event: OutboxEvent,
+    /// Failed publishes so far.
+    pub attempts: u32,
+}
+
+/// Why an entry's last publish failed; stored on the entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastError {
+    /// `transport`, `unknown_outcome`, `status`, `too_large`, `max_attempts`, …
+    pub kind: String,
+    /// HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// Event Grid's error code, when it sent one.
+    pub code: Option<String>,
+    /// Human-readable reason (never a secret or a payload).
+    pub message: String,
+    /// Event Grid's `x-ms-request-id`, for support requests.
+    pub request_id: Option<String>,
+}
+
+/// Counts of entries by state, from indexed queries (no scans).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxCounts {
+    /// Entries not yet published (due or not, claimed or not).
+    pub pending: u64,
+    /// Pending entries that are due now (not leased, not backing off).
+    pub due: u64,
+    /// Published entries not yet removed by retention.
+    pub published: u64,
+    /// Dead-lettered entries.
+    pub dead: u64,
+    /// When the longest-waiting pending entry was written: the lag to alert on.
+    pub oldest_pending_created_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,566 @@
+//! The only queries on outbox entries: insert, claim, and the fenced state changes.
+//!
+//! **Claiming** is our `FOR UPDATE SKIP LOCKED`: candidates are read in claim order, then one
+//! conditional `updateMany` takes those still pending and due, setting a fresh lease token and
+//! moving `due_at` to the end of the lease. An entry is due again when its lease runs out, so a
+//! killed or stalled relay frees its entries by itself. Two relays never hold the same entry:
+//! the condition is evaluated per document, atomically, by the server.
+//!
+//! **Fencing**: every later change (published, rescheduled, dead-lettered, released) is
+//! conditional on the lease token. A relay whose lease expired and was taken over (a "zombie")
+//! changes nothing; at worst it has published an event again, which consumers de-duplicate by
+//! its id.
+//!
+//! Times come from the relay's clock; relays on different machines should keep their clocks in
+//! sync (NTP does, on Azure), or a fast clock sees leases expire early. Nothing is lost either
+//! way: an early takeover only risks a duplicate.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{self, Binary, Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{ClientSession, Collection, Database, IndexModel};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{ClaimedEntry, EntryStatus, LastError, OutboxCounts};
+use crate::db::{DbError, classify, error_code};
+use crate::domain::{EventId, OutboxEvent};
+
+/// The field that holds an entry's state; also what tells an entry from a document.
+pub const ROOT: &str = "_outbox";
+
+/// Dotted field paths used in queries.
+pub mod field {
+    /// `pending` | `published` | `dead`.
+    pub const STATUS: &str = "_outbox.status";
+    /// When the entry may next be claimed: creation, end of the lease, or end of the backoff.
+    pub const DUE_AT: &str = "_outbox.due_at";
+    /// Token of the claim that holds the entry, or null.
+    pub const LEASE_TOKEN: &str = "_outbox.lease_token";
+    /// Failed publishes.
+    pub const ATTEMPTS: &str = "_outbox.attempts";
+    /// Times the entry was claimed.
+    pub const CLAIMS: &str = "_outbox.claims";
+    /// When the entry was written.
+    pub const CREATED_AT: &str = "_outbox.created_at";
+    /// When Event Grid accepted it (the TTL index counts from here).
+    pub const PUBLISHED_AT: &str = "_outbox.published_at";
+    /// When it was dead-lettered.
+    pub const DEAD_AT: &str = "_outbox.dead_at";
+    /// The last failure.
+    pub const LAST_ERROR: &str = "_outbox.last_error";
+    /// The last few failures.
+    pub const HISTORY: &str = "_outbox.history";
+}
+
+/// Name of the index the claim query uses.
+pub const CLAIM_INDEX: &str = "outbox_claim";
+/// Name of the TTL index that removes published entries.
+pub const RETENTION_INDEX: &str = "outbox_published_ttl";
+/// Failures kept in an entry's history.
+const HISTORY_LEN: i32 = 10;
+
+/// Identifies one claim; every change under the claim is conditional on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken(Uuid);
+
+impl ClaimToken {
+    /// A fresh token.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    fn bson(self) -> Bson {
+        uuid_bson(&self.0)
+    }
+}
+
+impl Default for ClaimToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for ClaimToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Entries claimed together.
+#[derive(Debug)]
+pub struct Claim {
+    /// The fencing token.
+    pub token: ClaimToken,
+    /// When the claim runs out; nothing may be published for it after this.
+    pub lease_until: DateTime<Utc>,
+    /// The entries, in claim order (oldest due first).
+    pub entries: Vec<ClaimedEntry>,
+    /// Candidates another relay took between our read and our update.
+    pub contended: usize,
+}
+
+fn uuid_bson(u: &Uuid) -> Bson {
+    Bson::Binary(Binary {
+        subtype: BinarySubtype::Uuid,
+        bytes: u.as_bytes().to_vec(),
+    })
+}
+
+fn id_bson(id: &EventId) -> Bson {
+    uuid_bson(id.as_uuid())
+}
+
+fn ids_bson(ids: &[EventId]) -> Vec<Bson> {
+    ids.iter().map(id_bson).collect()
+}
+
+fn bson_time(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_millis(t.timestamp_millis())
+}
+
+fn chrono_time(t: bson::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or_default()
+}
+
+fn duration_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The outbox entry for `event`, to insert in the same transaction as the change it
+/// announces. Its `_id` is the event id.
+#[must_use]
+pub fn new_entry(event: &OutboxEvent, collection: &str, document_id: &str) -> Document {
+    let created = bson_time(event.event_time);
+    doc! {
+        "_id": id_bson(&event.id),
+        ROOT: {
+            "status": EntryStatus::Pending.as_str(),
+            "due_at": created,
+            "lease_token": Bson::Null,
+            "attempts": 0_i32,
+            "claims": 0_i32,
+            "created_at": created,
+            "document": { "collection": collection, "id": document_id },
+            "event": {
+                "subject": &event.subject,
+                "type": &event.event_type,
+                "time": created,
+                "data_version": &event.data_version,
+                "data": event.data.get(),
+            },
+        },
+    }
+}
+
+fn error_doc(e: &LastError, now: DateTime<Utc>) -> Document {
+    doc! {
+        "at": bson_time(now),
+        "kind": &e.kind,
+        "status": e.status.map(i32::from),
+        "code": e.code.as_deref(),
+        "message": &e.message,
+        "request_id": e.request_id.as_deref(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClaimRow {
+    #[serde(rename = "_id")]
+    id: Binary,
+    #[serde(rename = "_outbox")]
+    state: ClaimRowState,
+}
+
+#[derive(Deserialize)]
+struct ClaimRowState {
+    attempts: i32,
+    event: EventRow,
+}
+
+#[derive(Deserialize)]
+struct EventRow {
+    subject: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    time: bson::DateTime,
+    data_version: String,
+    data: String,
+}
+
+impl ClaimRow {
+    fn into_entry(self) -> Option<ClaimedEntry> {
+        let uuid = Uuid::from_slice(&self.id.bytes).ok()?;
+        let e = self.state.event;
+        let data = RawValue::from_string(e.data).ok()?;
+        Some(ClaimedEntry {
+            event: OutboxEvent {
+                id: EventId::from_uuid(uuid),
+                subject: e.subject,
+                event_type: e.event_type,
+                event_time: chrono_time(e.time),
+                data_version: e.data_version,
+                data,
+            },
+            attempts: u32::try_from(self.state.attempts).unwrap_or(0),
+        })
+    }
+}
+
+/// Outbox entries in one collection.
+#[derive(Debug, Clone)]
+pub struct OutboxStore {
+    entries: Collection<Document>,
+}
+
+impl OutboxStore {
+    /// The entries in `collection` of `db`.
+    #[must_use]
+    pub fn new(db: &Database, collection: &str) -> Self {
+        Self {
+            entries: db.collection(collection),
+        }
+    }
+
+    /// Inserts a new entry inside the caller's transaction.
+    ///
+    /// # Errors
+    /// The driver's error, unclassified: the transaction callback must return it as is so that
+    /// the driver can retry transient failures.
+    pub async fn insert(
+        &self,
+        entry: &Document,
+        session: &mut ClientSession,
+    ) -> mongodb::error::Result<()> {
+        self.entries.insert_one(entry).session(session).await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due entries for `lease`.
+    ///
+    /// A crash after this call leaves the entries claimed until the lease runs out; then any
+    /// relay may claim them again. Nothing is lost.
+    ///
+    /// # Errors
+    /// When the database fails; then nothing was claimed, or what was claimed frees itself
+    /// when the lease runs out.
+    #[tracing::instrument(skip_all, fields(limit))]
+    pub async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Claim, DbError> {
+        let token = ClaimToken::new();
+        let lease_until = now + duration_chrono(lease);
+        let due = doc! {
+            field::STATUS: EntryStatus::Pending.as_str(),
+            field::DUE_AT: { "$lte": bson_time(now) },
+        };
+        // Read the candidates (with their events: an event never changes, so reading it before
+        // the claim is safe), then take them with one conditional update. Someone else may take
+        // some in between; the condition makes sure we do not take those too.
+        let rows: Vec<ClaimRow> = self
+            .entries
+            .clone_with_type::<ClaimRow>()
+            .find(due.clone())
+            .sort(doc! { field::STATUS: 1, field::DUE_AT: 1 })
+            .limit(i64::from(limit))
+            .projection(doc! { "_id": 1, "_outbox.attempts": 1, "_outbox.event": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        if rows.is_empty() {
+            return Ok(Claim {
+                token,
+                lease_until,
+                entries: Vec::new(),
+                contended: 0,
+            });
+        }
+        let ids: Vec<Bson> = rows.iter().map(|r| Bson::Binary(r.id.clone())).collect();
+        let mut filter = due;
+        filter.insert("_id", doc! { "$in": &ids });
+        let result = self
+            .entries
+            .update_many(
+                filter,
+                doc! {
+                    "$set": {
+                        field::DUE_AT: bson_time(lease_until),
+                        field::LEASE_TOKEN: token.bson(),
+                    },
+                    "$inc": { field::CLAIMS: 1 },
+                },
+            )
+            .await?;
+        let mut rows = rows;
+        let candidates = rows.len();
+        if usize::try_from(result.modified_count).unwrap_or(usize::MAX) < candidates {
+            // Contended: find out which ones are ours.
+            let ours: Vec<Document> = self
+                .entries
+                .find(doc! { "_id": { "$in": ids }, field::LEASE_TOKEN: token.bson() })
+                .projection(doc! { "_id": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            let ours: std::collections::HashSet<Vec<u8>> = ours
+                .iter()
+                .filter_map(|d| match d.get("_id") {
+                    Some(Bson::Binary(b)) => Some(b.bytes.clone()),
+                    _ => None,
+                })
+                .collect();
+            rows.retain(|r| ours.contains(&r.id.bytes));
+        }
+        let contended = candidates - rows.len();
+        let entries: Vec<ClaimedEntry> =
+            rows.into_iter().filter_map(ClaimRow::into_entry).collect();
+        tracing::debug!(
+            claimed = entries.len(),
+            contended,
+            lease.token = %token,
+            "Claimed outbox entries"
+        );
+        Ok(Claim {
+            token,
+            lease_until,
+            entries,
+            contended,
+        })
+    }
+
+    fn fenced(token: ClaimToken, ids: &[EventId]) -> Document {
+        doc! {
+            "_id": { "$in": ids_bson(ids) },
+            field::LEASE_TOKEN: token.bson(),
+            field::STATUS: EntryStatus::Pending.as_str(),
+        }
+    }
+
+    /// Marks entries published; only those still held under `token`. Returns how many.
+    ///
+    /// Called only after Event Grid answered 200 for the request that carried them. A crash
+    /// before this call leaves them claimed: they are published again after the lease (a
+    /// duplicate, never a loss).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn mark_published(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let r = self
+            .entries
+            .update_many(
+                Self::fenced(token, ids),
+                doc! { "$set": {
+                    field::STATUS: EntryStatus::Published.as_str(),
+                    field::PUBLISHED_AT: bson_time(now),
+                    field::LEASE_TOKEN: Bson::Null,
+                } },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// Records a failed publish and makes the entries due again at `next_attempt_at`.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn reschedule(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        next_attempt_at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let err = error_doc(error, now);
+        let r = self
+            .entries
+            .update_many(
+                Self::fenced(token, ids),
+                doc! {
+                    "$set": {
+                        field::DUE_AT: bson_time(next_attempt_at),
+                        field::LEASE_TOKEN: Bson::Null,
+                        field::LAST_ERROR: err.clone(),
+                    },
+                    "$inc": { field::ATTEMPTS: 1 },
+                    "$push": { field::HISTORY: { "$each": [err], "$slice": -HISTORY_LEN } },
+                },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// Dead-letters entries: kept with their last error, never claimed again until requeued.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn dead_letter(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        error: &LastError,
+        count_attempt: bool,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let err = error_doc(error, now);
+        let r = self
+            .entries
+            .update_many(
+                Self::fenced(token, ids),
+                doc! {
+                    "$set": {
+                        field::STATUS: EntryStatus::Dead.as_str(),
+                        field::DEAD_AT: bson_time(now),
+                        field::LEASE_TOKEN: Bson::Null,
+                        field::LAST_ERROR: err.clone(),
+                    },
+                    "$inc": { field::ATTEMPTS: i32::from(count_attempt) },
+                    "$push": { field::HISTORY: { "$each": [err], "$slice": -HISTORY_LEN } },
+                },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// Gives entries back without counting an attempt (the run ran out of time, or stopped on
+    /// a configuration error): they are due again at once.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn release(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let r = self
+            .entries
+            .update_many(
+                Self::fenced(token, ids),
+                doc! { "$set": { field::DUE_AT: bson_time(now), field::LEASE_TOKEN: Bson::Null } },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// Entries not yet published, from the claim index.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn count_pending(&self) -> Result<u64, DbError> {
+        Ok(self
+            .entries
+            .count_documents(doc! { field::STATUS: EntryStatus::Pending.as_str() })
+            .await?)
+    }
+
+    /// Counts entries by state, from the claim index.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn counts(&self, now: DateTime<Utc>) -> Result<OutboxCounts, DbError> {
+        let count = |filter: Document| {
+            let entries = self.entries.clone();
+            async move { entries.count_documents(filter).await.map_err(classify) }
+        };
+        let pending = count(doc! { field::STATUS: "pending" }).await?;
+        let due =
+            count(doc! { field::STATUS: "pending", field::DUE_AT: { "$lte": bson_time(now) } })
+                .await?;
+        let published = count(doc! { field::STATUS: "published" }).await?;
+        let dead = count(doc! { field::STATUS: "dead" }).await?;
+        let head = self
+            .entries
+            .find_one(doc! { field::STATUS: "pending" })
+            .sort(doc! { field::STATUS: 1, field::DUE_AT: 1 })
+            .projection(doc! { field::CREATED_AT: 1 })
+            .await?;
+        let oldest_pending_created_at = head
+            .as_ref()
+            .and_then(|d| d.get_document(ROOT).ok())
+            .and_then(|s| s.get_datetime("created_at").ok())
+            .map(|t| chrono_time(*t));
+        Ok(OutboxCounts {
+            pending,
+            due,
+            published,
+            dead,
+            oldest_pending_created_at,
+        })
+    }
+}
+
+/// Creates the claim index and the retention (TTL) index on the entries' collection.
+///
+/// A server that refuses the TTL index (Cosmos DB accounts without per-field TTL) keeps
+/// published entries until they are removed otherwise; that is logged, not fatal, because it
+/// loses nothing.
+///
+/// # Errors
+/// When the claim index cannot be created: without it the claim query would scan (and fail on
+/// Cosmos DB, which refuses to sort on unindexed fields).
+pub async fn ensure_indexes(
+    db: &Database,
+    collection: &str,
+    retention: Duration,
+) -> Result<(), DbError> {
+    let entries: Collection<Document> = db.collection(collection);
+    entries
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { field::STATUS: 1, field::DUE_AT: 1 })
+                .options(IndexOptions::builder().name(CLAIM_INDEX.to_owned()).build())
+                .build(),
+        )
+        .await?;
+    let ttl = IndexModel::builder()
+        .keys(doc! { field::PUBLISHED_AT: 1 })
+        .options(
+            IndexOptions::builder()
+                .name(RETENTION_INDEX.to_owned())
+                .expire_after(retention)
+                .build(),
+        )
+        .build();
+    match entries.create_index(ttl).await {
+        Ok(_) => {}
+        // The index exists with another retention: change it in place.
+        Err(e) if matches!(error_code(&e), Some(85 | 86)) => {
+            let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+            db.run_command(doc! {
+                "collMod": collection,
+                "index": { "name": RETENTION_INDEX, "expireAfterSeconds": secs },
+            })
+            .await?;
+            tracing::info!(
+                retention_secs = secs,
+                "Changed the retention of published outbox entries"
+            );
+        }
+        Err(e) => {
+            let e = classify(e);
+            if e.is_retryable() {
+                return Err(e);
+            }
+            tracing::warn!(
+                error = %crate::telemetry::chain(&e),
+                "The database refused the TTL index on published outbox entries; they will be kept until removed by hand (on Cosmos DB for MongoDB RU, enable per-field TTL)"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! Event Grid publishing: one request, and what its response means.
+//!
+//! The wire format of custom topics (Event Grid schema, `api-version=2018-01-01`,
+//! `aeg-sas-key`) is known only to this module, so another variant (namespace topics,
+//! CloudEvents) can be added without touching the relay.
+//!
+//! What a response means is decided by [`classify`] on the status code alone (Event Grid's
+//! messages are for humans); mechanics (sending, timing out) are separate.
+
+pub mod backoff;
+pub mod batch;
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::EventGridSettings;
+
+/// The only API version of custom topics.
+pub const API_VERSION: &str = "2018-01-01";
+
+/// Longest error text kept from a response.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// What kind of failure a publish was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Nothing was sent (connection refused, DNS, TLS).
+    Connect,
+    /// Sent, but no readable answer (timeout, reset): Event Grid may have accepted it.
+    UnknownOutcome,
+    /// Event Grid answered with an error status.
+    Status,
+}
+
+impl FailureKind {
+    /// Stored form.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::UnknownOutcome => "unknown_outcome",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// A failed publish, as recorded on the entries and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The status, when there was a response.
+    pub status: Option<u16>,
+    /// Event Grid's `error.code`.
+    pub code: Option<String>,
+    /// Event Grid's `error.message`, or the transport error.
+    pub message: String,
+    /// `x-ms-request-id`.
+    pub request_id: Option<String>,
+}
+
+impl std::fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "HTTP {s}")?,
+            None => f.write_str(self.kind.as_str())?,
+        }
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " (x-ms-request-id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do after a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200: every event in the request was accepted.
+    Published,
+    /// Transient (408, 429, 5xx, transport, timeout): try again, not before `retry_after`.
+    Retry {
+        /// The server's `Retry-After` / `retry-after-ms`, if any.
+        retry_after: Option<Duration>,
+        /// What happened.
+        failure: PublishFailure,
+    },
+    /// 400 or 413: something in the request can never be accepted; split it to find out what.
+    Rejected {
+        /// What happened.
+        failure: PublishFailure,
+    },
+    /// 401, 403, 404, 415 and other 4xx: misconfiguration; stop and touch nothing.
+    Halt {
+        /// What happened.
+        failure: PublishFailure,
+    },
+}
+
+/// Decision for a status, before any detail is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Accepted.
+    Published,
+    /// Transient.
+    Retry,
+    /// Permanently refused content.
+    Rejected,
+    /// Configuration problem.
+    Halt,
+}
+
+/// Maps a response status to what the relay does.
+#[must_use]
+pub const fn classify(status: u16) -> Class {
+    match status {
+        200..=299 => Class::Published,
+        408 | 429 | 500..=599 => Class::Retry,
+        400 | 413 => Class::Rejected,
+        _ => Class::Halt,
+    }
+}
+
+/// Reads `retry-after-ms` or `Retry-After` (delta-seconds or an HTTP date) relative to `now`.
+#[must_use]
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let ms = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let header = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .and_then(|v| {
+            v.parse::<u64>().map(Duration::from_secs).ok().or_else(|| {
+                httpdate::parse_http_date(v)
+                    .ok()
+                    .map(|at| at.duration_since(now).unwrap_or_default())
+            })
+        });
+    match (ms, header) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() > MAX_MESSAGE_CHARS {
+        let mut t: String = s.chars().take(MAX_MESSAGE_CHARS).collect();
+        t.push('…');
+        t
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Why a publisher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    /// The key cannot be sent as a header value.
+    #[error("EVENTGRID_TOPIC_KEY cannot be sent as an HTTP header value")]
+    InvalidKey,
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Sends batches to one Event Grid topic. Cheap to clone: the connection pool is shared.
+#[derive(Clone)]
+pub struct Publisher {
+    client: reqwest::Client,
+    url: Url,
+    key: HeaderValue,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("url", &self.url.as_str())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher for the configured topic.
+    ///
+    /// # Errors
+    /// When the key is not a valid header value or the HTTP client cannot be built.
+    pub fn new(settings: &EventGridSettings) -> Result<Self, PublisherError> {
+        // One crypto provider for every TLS connection of the process (MongoDB uses ring too).
+        // Installing twice fails harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut url = settings.endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION);
+        let mut key = HeaderValue::from_str(settings.key.expose_secret())
+            .map_err(|_| PublisherError::InvalidKey)?;
+        key.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .http1_only()
+            .user_agent(concat!("outbox-relay/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.publish_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(PublisherError::Client)?;
+        Ok(Self {
+            client,
+            url,
+            key,
+            timeout: settings.publish_timeout,
+        })
+    }
+
+    /// The per-request timeout.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one request whose body is a JSON array of events, and says what it means.
+    #[tracing::instrument(skip_all, fields(bytes = body.len()))]
+    pub async fn send(&self, body: Vec<u8>) -> Outcome {
+        let response = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("aeg-sas-key", self.key.clone())
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_connect() {
+                    FailureKind::Connect
+                } else {
+                    FailureKind::UnknownOutcome
+                };
+                return Outcome::Retry {
+                    retry_after: None,
+                    failure: PublishFailure {
+                        kind,
+                        status: None,
+                        code: None,
+                        message: truncate(&transport_message(e)),
+                        request_id: None,
+                    },
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let class = classify(status);
+        let headers = response.headers().clone();
+        let request_id = headers
+            .get("x-ms-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(truncate);
+        let body = response.bytes().await;
+        if class == Class::Published {
+            // The status line is Event Grid's answer; an unreadable (empty) body changes
+            // nothing.
+            return Outcome::Published;
+        }
+        let (code, message) = match body
+            .as_deref()
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
+        {
+            Some(ErrorBody { error }) => (
+                error.code.as_deref().map(truncate),
+                error.message.as_deref().map(truncate).unwrap_or_default(),
+            ),
+            None => (None, String::new()),
+        };
+        let failure = PublishFailure {
+            kind: FailureKind::Status,
+            status: Some(status),
+            code,
+            message,
+            request_id,
+        };
+        match class {
+            Class::Retry => Outcome::Retry {
+                retry_after: retry_after(&headers, SystemTime::now()),
+                failure,
+            },
+            Class::Rejected => Outcome::Rejected { failure },
+            Class::Halt | Class::Published => Outcome::Halt { failure },
+        }
+    }
+}
+
+/// A transport error's causes on one line, without the URL (it is in the settings, and a
+/// query string could one day carry something sensitive).
+fn transport_message(e: reqwest::Error) -> String {
+    crate::telemetry::chain(&e.without_url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_actions() {
+        assert_eq!(classify(200), Class::Published);
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(classify(s), Class::Retry, "{s}");
+        }
+        for s in [400, 413] {
+            assert_eq!(classify(s), Class::Rejected, "{s}");
+        }
+        for s in [401, 403, 404, 405, 415] {
+            assert_eq!(classify(s), Class::Halt, "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_milliseconds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        h.insert("retry-after-ms", HeaderValue::from_static("45000"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(45)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_str(&past).unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+}
