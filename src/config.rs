@@ -29,6 +29,7 @@
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
 //! | `EVENTGRID_TOPIC_KEY` | — (required) | topic access key (secret), sent as `aeg-sas-key` |
 //! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request |
+//! | `EVENTGRID_PUBLISH_RETRIES` | `3` | quick retries of a failed request inside one run (0–3) |
 //! | `RUST_LOG` | `info` | log filter |
 
 use std::collections::HashMap;
@@ -231,6 +232,9 @@ pub struct EventGridSettings {
     pub key: SecretString,
     /// Timeout of one publish request.
     pub publish_timeout: Duration,
+    /// Quick retries of a transiently failed request inside one run, before the failure is
+    /// recorded on the entries.
+    pub publish_retries: u32,
 }
 
 impl EventGridSettings {
@@ -254,10 +258,19 @@ impl EventGridSettings {
                 "contains control characters",
             ));
         }
+        let publish_retries: u32 =
+            env.parse_or("EVENTGRID_PUBLISH_RETRIES", 3, "a whole number from 0 to 3")?;
+        if publish_retries > 3 {
+            return Err(ConfigError::new(
+                "EVENTGRID_PUBLISH_RETRIES",
+                "must be at most 3 (Event Grid's guidance); persisted backoff handles the rest",
+            ));
+        }
         Ok(Self {
             endpoint,
             key: SecretString::from(key),
             publish_timeout: env.millis_or("EVENTGRID_PUBLISH_TIMEOUT_MS", 30_000)?,
+            publish_retries,
         })
     }
 }
@@ -572,6 +585,7 @@ mod tests {
             ("OUTBOX_RETENTION_HOURS", "0"),
             ("OUTBOX_PUBLISH_CONCURRENCY", "65"),
             ("MONGODB_WRITE_TIMEOUT_MS", "0"),
+            ("EVENTGRID_PUBLISH_RETRIES", "4"),
         ] {
             let e = err(&[(name, value)]);
             assert_eq!(e.setting, name, "{name}={value}: {e}");

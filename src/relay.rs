@@ -44,10 +44,9 @@ use crate::publisher::batch::{self, MAX_REQUEST_BYTES, MAX_REQUEST_EVENTS};
 use crate::publisher::{FailureKind, Outcome, PublishFailure, Publisher};
 use crate::telemetry::chain;
 
-/// Quick retries of one request inside a run, after the first try.
-const QUICK_RETRIES: u32 = 3;
-/// Margin kept between the end of a request and the end of its lease.
-const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// Share of a lease kept free at its end: no request may still be running then, so that a
+/// slow response never overlaps another relay's claim of the same entries.
+const LEASE_MARGIN_DIVISOR: u32 = 10;
 
 /// Why a run stopped before the outbox was empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -214,7 +213,7 @@ impl Relay {
         let mut in_flight: JoinSet<BatchReport> = JoinSet::new();
         let concurrency = self.settings.publish_concurrency.get();
         // Enough time must be left to publish a claimed batch at least once.
-        let claim_cutoff = self.publisher.timeout() + LEASE_MARGIN;
+        let claim_cutoff = self.publisher.timeout() + self.lease_margin();
 
         loop {
             while in_flight.len() >= concurrency {
@@ -290,6 +289,10 @@ impl Relay {
         report
     }
 
+    fn lease_margin(&self) -> Duration {
+        self.settings.lease / LEASE_MARGIN_DIVISOR
+    }
+
     fn absorb(
         &self,
         report: &mut RelayReport,
@@ -326,7 +329,7 @@ impl Relay {
         let lease_left = (claim.lease_until - Utc::now())
             .to_std()
             .unwrap_or_default()
-            .saturating_sub(LEASE_MARGIN);
+            .saturating_sub(self.lease_margin());
         let rendered = claim
             .entries
             .iter()
@@ -445,7 +448,7 @@ impl InFlight {
                     } else {
                         tracing::warn!(events = range.len(), error = %failure, attempt = retries, "Publish failed; retrying");
                     }
-                    if retries <= QUICK_RETRIES && fits {
+                    if retries <= self.publisher.retries() && fits {
                         tokio::select! {
                             () = tokio::time::sleep(wait) => continue,
                             () = self.stop.cancelled() => {}

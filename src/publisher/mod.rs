@@ -188,6 +188,13 @@ pub enum PublisherError {
     Client(#[source] reqwest::Error),
 }
 
+/// Makes ring the process's TLS crypto provider (MongoDB's TLS uses ring too), before any
+/// HTTP client is built. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    // Fails only when a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Sends batches to one Event Grid topic. Cheap to clone: the connection pool is shared.
 #[derive(Clone)]
 pub struct Publisher {
@@ -195,6 +202,7 @@ pub struct Publisher {
     url: Url,
     key: HeaderValue,
     timeout: Duration,
+    retries: u32,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -212,9 +220,7 @@ impl Publisher {
     /// # Errors
     /// When the key is not a valid header value or the HTTP client cannot be built.
     pub fn new(settings: &EventGridSettings) -> Result<Self, PublisherError> {
-        // One crypto provider for every TLS connection of the process (MongoDB uses ring too).
-        // Installing twice fails harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let mut url = settings.endpoint.clone();
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION);
@@ -234,7 +240,14 @@ impl Publisher {
             url,
             key,
             timeout: settings.publish_timeout,
+            retries: settings.publish_retries,
         })
+    }
+
+    /// Quick retries of a transiently failed request inside one run.
+    #[must_use]
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// The per-request timeout.

@@ -1,0 +1,19 @@
+//! End-to-end tests on real parts: a real mongod replica set (started by `make test`), the
+//! project's Event Grid receiver over loopback HTTP, and the real `handler` binary driven the
+//! way the Azure Functions host drives it.
+
+#![expect(
+    unreachable_pub,
+    reason = "test support is a private module tree; `pub` marks what tests may use"
+)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test support panics with the location on failure, which is what a test wants"
+)]
+
+mod support;
+
+mod envelope;
+mod relay;
+mod standalone;
+mod write_document;
