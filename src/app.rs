@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::documents::DocumentService;
+use crate::functions::binding::HttpFunction;
 use crate::functions::{self, AppState, Mode};
 use crate::publisher::Publisher;
 use crate::relay::Relay;
@@ -48,13 +49,16 @@ impl App {
         let db = Arc::new(Db::new(settings.mongodb.clone()));
         let publisher = Publisher::new(&settings.eventgrid)?;
         let relay = Relay::new(Arc::clone(&db), publisher, settings.relay.clone());
-        let documents = DocumentService::new(Arc::clone(&db), &settings.event_type);
+        let documents = DocumentService::new(Arc::clone(&db), settings.event_types.clone());
+        let http_function = Arc::new(HttpFunction::load(&settings.app_root)?);
         let state = AppState {
             documents,
             relay,
             time_budget: settings.relay.time_budget,
             shutdown,
             schedule_lock: Arc::default(),
+            http_function,
+            standalone_key: settings.standalone_key.clone(),
         };
         Ok(Self {
             listener,

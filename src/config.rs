@@ -11,12 +11,18 @@
 //! | `FUNCTIONS_CUSTOMHANDLER_PORT` | — (required in functions mode) | port the Functions host told us to listen on |
 //! | `FUNCTIONS_APP_ROOT_PATH` | current directory | app root (where `OutboxTimer/function.json` lives) |
 //! | `STANDALONE_PORT` | `7071` | port of `handler serve` (`--port` wins) |
+//! | `STANDALONE_BIND` | `127.0.0.1` | address of `handler serve` (non-loopback needs a key) |
+//! | `STANDALONE_FUNCTION_KEY` | — | key `handler serve` requires (`x-functions-key` or `?code=`) (secret) |
 //! | `MONGODB_URI` | — (required) | connection string (secret) |
 //! | `MONGODB_DATABASE` | `outbox` | database |
 //! | `MONGODB_COLLECTION` | `documents` | collection of the business documents |
 //! | `MONGODB_WRITE_TIMEOUT_MS` | `10000` | budget of one document write, transaction retries included |
-//! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries |
-//! | `OUTBOX_EVENT_TYPE` | `CosmosDB.DocumentChanged` | `eventType` of the events |
+//! | `MONGODB_SHARD_KEY` | — | shard key field of a sharded collection (copied onto entries) |
+//! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries (`separate` placement) |
+//! | `OUTBOX_PLACEMENT` | `auto` | `separate`, `colocated` (entries in the documents' collection) or `auto` |
+//! | `OUTBOX_IDEMPOTENCY_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
+//! | `OUTBOX_EVENT_TYPE_PREFIX` | `CosmosDB` | event types `<prefix>.DocumentCreated/Replaced/Deleted` |
+//! | `OUTBOX_EVENT_TYPE` | — | one fixed `eventType` for every change instead (e.g. `CosmosDB.DocumentChanged`) |
 //! | `OUTBOX_SCHEDULE` | `schedule` of `OutboxTimer/function.json` | NCRONTAB of the standalone drain |
 //! | `OUTBOX_BATCH_SIZE` | `1000` | entries claimed at a time (1–5,000) |
 //! | `OUTBOX_PUBLISH_CONCURRENCY` | `4` | claimed batches published at once by one run |
@@ -39,6 +45,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
+
+use crate::domain::EventTypes;
 
 /// The largest batch Event Grid accepts in one request.
 pub const MAX_BATCH_SIZE: u32 = 5_000;
@@ -141,6 +149,30 @@ fn positive(name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
     }
 }
 
+/// Where outbox entries live, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementSetting {
+    /// In `OUTBOX_COLLECTION`; needs transactions across collections (MongoDB, Cosmos DB vCore).
+    Separate,
+    /// In the documents' own collection, so a transaction touches one collection only (required
+    /// on Cosmos DB for MongoDB RU).
+    Colocated,
+    /// Probe the server at start-up and choose.
+    Auto,
+}
+
+impl std::str::FromStr for PlacementSetting {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "separate" => Ok(Self::Separate),
+            "colocated" | "co-located" => Ok(Self::Colocated),
+            "auto" => Ok(Self::Auto),
+            _ => Err(()),
+        }
+    }
+}
+
 /// Where the data lives.
 #[derive(Debug, Clone)]
 pub struct MongoSettings {
@@ -156,6 +188,13 @@ pub struct MongoSettings {
     pub write_timeout: Duration,
     /// How long published entries are kept before the TTL index removes them.
     pub retention: Duration,
+    /// Where entries live.
+    pub placement: PlacementSetting,
+    /// Shard key field of a sharded documents collection, copied onto entries so that a
+    /// document and its entry share a partition.
+    pub shard_key: Option<String>,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 impl MongoSettings {
@@ -193,11 +232,39 @@ impl MongoSettings {
         }
         let hours: u64 = env.parse_or("OUTBOX_RETENTION_HOURS", 168, "a whole number of hours")?;
         let retention = positive("OUTBOX_RETENTION_HOURS", Duration::from_secs(hours * 3600))?;
+        let placement = env.parse_or(
+            "OUTBOX_PLACEMENT",
+            PlacementSetting::Auto,
+            "separate, colocated or auto",
+        )?;
+        let shard_key = env.get("MONGODB_SHARD_KEY");
+        if let Some(key) = &shard_key
+            && (key.starts_with('$')
+                || key.contains('.')
+                || key == "_id"
+                || key.starts_with("_outbox")
+                || key == "_meta"
+                || key.chars().any(char::is_control))
+        {
+            return Err(ConfigError::new(
+                "MONGODB_SHARD_KEY",
+                "must be a top-level field name other than _id (no '$', no '.', not _outbox/_meta)",
+            ));
+        }
+        let idem_hours: u64 =
+            env.parse_or("OUTBOX_IDEMPOTENCY_HOURS", 24, "a whole number of hours")?;
+        let idempotency_ttl = positive(
+            "OUTBOX_IDEMPOTENCY_HOURS",
+            Duration::from_secs(idem_hours * 3600),
+        )?;
         Ok(Self {
             uri: SecretString::from(uri),
             database,
             collection,
             outbox_collection,
+            placement,
+            shard_key,
+            idempotency_ttl,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,
         })
@@ -418,12 +485,16 @@ pub struct Settings {
     pub eventgrid: EventGridSettings,
     /// Relay settings.
     pub relay: RelaySettings,
-    /// `eventType` of the events written with each document.
-    pub event_type: String,
+    /// How events are typed.
+    pub event_types: EventTypes,
     /// NCRONTAB expression of the standalone drain, if set explicitly.
     pub schedule: Option<String>,
     /// Port of standalone mode.
     pub standalone_port: u16,
+    /// Address of standalone mode.
+    pub standalone_bind: std::net::IpAddr,
+    /// Key standalone mode requires from callers, if any.
+    pub standalone_key: Option<SecretString>,
     /// App root: where `host.json` and the function folders are.
     pub app_root: PathBuf,
 }
@@ -437,15 +508,29 @@ impl Settings {
         let mongodb = MongoSettings::from_env(env)?;
         let eventgrid = EventGridSettings::from_env(env)?;
         let relay = RelaySettings::from_env(env, eventgrid.publish_timeout)?;
-        let event_type = env.string_or("OUTBOX_EVENT_TYPE", "CosmosDB.DocumentChanged");
-        if event_type.chars().any(char::is_control) || event_type.len() > 256 {
-            return Err(ConfigError::new(
-                "OUTBOX_EVENT_TYPE",
-                "must be at most 256 printable characters",
-            ));
-        }
+        let event_types = match env.get("OUTBOX_EVENT_TYPE") {
+            Some(fixed) => EventTypes::Fixed(event_type_part("OUTBOX_EVENT_TYPE", fixed)?),
+            None => EventTypes::PerOperation {
+                prefix: event_type_part(
+                    "OUTBOX_EVENT_TYPE_PREFIX",
+                    env.string_or("OUTBOX_EVENT_TYPE_PREFIX", "CosmosDB"),
+                )?,
+            },
+        };
         let standalone_port =
             env.parse_or("STANDALONE_PORT", 7071_u16, "a port number (0–65535)")?;
+        let standalone_bind = env.parse_or(
+            "STANDALONE_BIND",
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            "an IP address",
+        )?;
+        let standalone_key = env.get("STANDALONE_FUNCTION_KEY").map(SecretString::from);
+        if standalone_key.is_none() && !standalone_bind.is_loopback() {
+            return Err(ConfigError::new(
+                "STANDALONE_BIND",
+                "is not a loopback address, so STANDALONE_FUNCTION_KEY must be set: handler serve refuses to accept unauthenticated writes from the network",
+            ));
+        }
         let app_root = env
             .get("FUNCTIONS_APP_ROOT_PATH")
             .map_or_else(|| PathBuf::from("."), PathBuf::from);
@@ -453,9 +538,11 @@ impl Settings {
             mongodb,
             eventgrid,
             relay,
-            event_type,
+            event_types,
             schedule: env.get("OUTBOX_SCHEDULE"),
             standalone_port,
+            standalone_bind,
+            standalone_key,
             app_root,
         })
     }
@@ -469,6 +556,16 @@ impl Settings {
             _ => None,
         }
     }
+}
+
+fn event_type_part(setting: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.len() > 200 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConfigError::new(
+            setting,
+            "must be at most 200 characters without spaces or control characters",
+        ));
+    }
+    Ok(value)
 }
 
 /// The port the Functions host gave us (`FUNCTIONS_CUSTOMHANDLER_PORT`).
@@ -549,7 +646,15 @@ mod tests {
         assert_eq!(s.relay.lease, Duration::from_secs(60));
         assert_eq!(s.relay.time_budget, Duration::from_secs(120));
         assert_eq!(s.eventgrid.publish_timeout, Duration::from_secs(30));
-        assert_eq!(s.event_type, "CosmosDB.DocumentChanged");
+        assert_eq!(
+            s.event_types,
+            EventTypes::PerOperation {
+                prefix: "CosmosDB".into()
+            }
+        );
+        assert_eq!(s.mongodb.placement, PlacementSetting::Auto);
+        assert_eq!(s.mongodb.idempotency_ttl, Duration::from_secs(24 * 3600));
+        assert!(s.standalone_bind.is_loopback());
         assert_eq!(s.standalone_port, 7071);
         assert!(s.schedule.is_none());
     }
@@ -586,10 +691,38 @@ mod tests {
             ("OUTBOX_PUBLISH_CONCURRENCY", "65"),
             ("MONGODB_WRITE_TIMEOUT_MS", "0"),
             ("EVENTGRID_PUBLISH_RETRIES", "4"),
+            ("OUTBOX_PLACEMENT", "beside"),
+            ("MONGODB_SHARD_KEY", "a.b"),
+            ("MONGODB_SHARD_KEY", "_id"),
+            ("OUTBOX_IDEMPOTENCY_HOURS", "0"),
+            ("OUTBOX_EVENT_TYPE_PREFIX", "has space"),
+            ("STANDALONE_BIND", "0.0.0.0"),
+            ("STANDALONE_BIND", "localhost:80"),
         ] {
             let e = err(&[(name, value)]);
             assert_eq!(e.setting, name, "{name}={value}: {e}");
         }
+    }
+
+    #[test]
+    fn a_fixed_event_type_replaces_the_per_operation_ones() {
+        let s = Settings::from_env(&with(&[("OUTBOX_EVENT_TYPE", "CosmosDB.DocumentChanged")]))
+            .unwrap();
+        assert_eq!(
+            s.event_types,
+            EventTypes::Fixed("CosmosDB.DocumentChanged".into())
+        );
+    }
+
+    #[test]
+    fn a_network_address_needs_a_function_key() {
+        let s = Settings::from_env(&with(&[
+            ("STANDALONE_BIND", "0.0.0.0"),
+            ("STANDALONE_FUNCTION_KEY", "k"),
+        ]))
+        .unwrap();
+        assert!(!s.standalone_bind.is_loopback());
+        assert!(!format!("{s:?}").contains("\"k\""));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use mongodb::{Client, Database};
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
-use crate::config::MongoSettings;
+use serde::Serialize;
+
+use crate::config::{MongoSettings, PlacementSetting};
 use crate::outbox::store;
 
 /// Server selection timeout used when the connection string does not set one. The driver's
@@ -176,16 +178,37 @@ pub fn retry_after_ms(message: &str) -> Option<Duration> {
     digits.parse().ok().map(Duration::from_millis)
 }
 
+/// Where outbox entries (and idempotency records) live, once decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// In `OUTBOX_COLLECTION`.
+    Separate,
+    /// In the documents' collection, beside the documents.
+    Colocated,
+}
+
+/// The database, ready for use: collections and indexes exist, placement is decided.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The database.
+    pub database: Database,
+    /// Where entries live.
+    pub placement: Placement,
+    /// Name of the collection holding entries and idempotency records.
+    pub entries_collection: String,
+}
+
 /// The database, connected on first use.
 ///
 /// Creating the client resolves the connection string (DNS for `mongodb+srv://`), so it
 /// happens on first use rather than at start-up: the handler must answer the host's readiness
-/// probe before any slow work. Collections and indexes are set up once, on the first
-/// successful [`Db::ready`].
+/// probe before any slow work. Collections, indexes and the placement are settled once, on the
+/// first successful [`Db::ready`].
 pub struct Db {
     settings: MongoSettings,
     client: OnceCell<Client>,
-    prepared: OnceCell<()>,
+    prepared: OnceCell<Placement>,
 }
 
 impl std::fmt::Debug for Db {
@@ -193,6 +216,7 @@ impl std::fmt::Debug for Db {
         f.debug_struct("Db")
             .field("database", &self.settings.database)
             .field("connected", &self.client.initialized())
+            .field("placement", &self.prepared.get())
             .finish_non_exhaustive()
     }
 }
@@ -240,35 +264,157 @@ impl Db {
             .await
     }
 
-    /// The database, with collections and indexes in place.
+    /// The database, with collections and indexes in place and the placement decided.
     ///
     /// # Errors
     /// When the database cannot be reached or the set-up fails; a later call tries again.
-    pub async fn ready(&self) -> Result<Database, DbError> {
-        let db = self.client().await?.database(&self.settings.database);
-        self.prepared
-            .get_or_try_init(|| async { ensure_indexes(&db, &self.settings).await })
+    pub async fn ready(&self) -> Result<Ready, DbError> {
+        let client = self.client().await?;
+        let db = client.database(&self.settings.database);
+        let placement = *self
+            .prepared
+            .get_or_try_init(|| async {
+                let placement = resolve_placement(client, &db, &self.settings).await?;
+                ensure_indexes(&db, &self.settings, placement).await?;
+                Ok::<_, DbError>(placement)
+            })
             .await?;
-        Ok(db)
+        let entries_collection = match placement {
+            Placement::Separate => self.settings.outbox_collection.clone(),
+            Placement::Colocated => self.settings.collection.clone(),
+        };
+        Ok(Ready {
+            database: db,
+            placement,
+            entries_collection,
+        })
     }
 }
 
-/// Creates the collections and the indexes the claim query needs, idempotently. Safe to run
-/// at every start and from several instances at once.
+/// Decides the placement: as configured, or for `auto` by looking at the server.
+///
+/// `auto` chooses `colocated` for a Cosmos DB for MongoDB RU host
+/// (`*.mongo.cosmos.azure.com`), and otherwise runs a two-collection transaction that it always
+/// aborts: a server that refuses it (Cosmos DB RU behind another name, or anything else that
+/// allows transactions in one collection only) gets `colocated`, one that accepts it gets
+/// `separate`.
+async fn resolve_placement(
+    client: &Client,
+    db: &Database,
+    settings: &MongoSettings,
+) -> Result<Placement, DbError> {
+    match settings.placement {
+        PlacementSetting::Separate => return Ok(Placement::Separate),
+        PlacementSetting::Colocated => return Ok(Placement::Colocated),
+        PlacementSetting::Auto => {}
+    }
+    if is_cosmos_ru_host(settings) {
+        tracing::info!(
+            placement = "colocated",
+            "OUTBOX_PLACEMENT=auto chose colocated: the host is a Cosmos DB for MongoDB RU account, which allows transactions inside one collection only"
+        );
+        return Ok(Placement::Colocated);
+    }
+    for name in [&settings.collection, &settings.outbox_collection] {
+        create_collection(db, name).await?;
+    }
+    let probe_id = doc! { "outbox_relay_placement_probe": uuid::Uuid::new_v4().to_string() };
+    let mut session = client.start_session().await?;
+    session.start_transaction().await?;
+    let outcome = async {
+        db.collection::<mongodb::bson::Document>(&settings.collection)
+            .insert_one(doc! { "_id": probe_id.clone() })
+            .session(&mut session)
+            .await?;
+        db.collection::<mongodb::bson::Document>(&settings.outbox_collection)
+            .insert_one(doc! { "_id": probe_id.clone() })
+            .session(&mut session)
+            .await
+    }
+    .await;
+    // Never commit the probe.
+    let _ = session.abort_transaction().await;
+    match outcome {
+        Ok(_) => {
+            tracing::info!(
+                placement = "separate",
+                "OUTBOX_PLACEMENT=auto chose separate: the server allows a transaction across the documents' and the outbox collections"
+            );
+            Ok(Placement::Separate)
+        }
+        // A document validator on either collection refused the probe document: that says
+        // nothing about transactions.
+        Err(e) if error_code(&e) == Some(121) => {
+            tracing::warn!(
+                placement = "separate",
+                "OUTBOX_PLACEMENT=auto could not probe transactions (a document validator refused the probe); chose separate — set OUTBOX_PLACEMENT explicitly"
+            );
+            Ok(Placement::Separate)
+        }
+        Err(e) => {
+            let e = classify(e);
+            if e.is_retryable() {
+                return Err(e);
+            }
+            tracing::info!(
+                placement = "colocated",
+                error = %crate::telemetry::chain(&e),
+                "OUTBOX_PLACEMENT=auto chose colocated: the server refused a transaction across two collections"
+            );
+            Ok(Placement::Colocated)
+        }
+    }
+}
+
+fn is_cosmos_ru_host(settings: &MongoSettings) -> bool {
+    let Ok(cs) = mongodb::options::ConnectionString::parse(settings.uri.expose_secret()) else {
+        return false;
+    };
+    let hosts: Vec<String> = match cs.host_info {
+        mongodb::options::HostInfo::HostIdentifiers(hosts) => {
+            hosts.iter().map(ToString::to_string).collect()
+        }
+        mongodb::options::HostInfo::DnsRecord(name) => vec![name],
+        _ => Vec::new(),
+    };
+    hosts.iter().any(|h| {
+        let host = h.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        host.ends_with(".mongo.cosmos.azure.com")
+    })
+}
+
+/// Creates the collections and indexes for `placement`, idempotently. Safe to run at every
+/// start and from several instances at once.
 ///
 /// # Errors
 /// When the database cannot be reached or refuses to create a collection or index.
 #[tracing::instrument(skip_all, fields(database = %db.name()))]
-pub async fn ensure_indexes(db: &Database, settings: &MongoSettings) -> Result<(), DbError> {
+pub async fn ensure_indexes(
+    db: &Database,
+    settings: &MongoSettings,
+    placement: Placement,
+) -> Result<(), DbError> {
     // Collections must exist before the first transaction: Cosmos DB cannot create them inside
     // one, and unique indexes can only be built while a collection is empty.
-    for name in [&settings.collection, &settings.outbox_collection] {
-        create_collection(db, name).await?;
-    }
-    store::ensure_indexes(db, &settings.outbox_collection, settings.retention).await?;
+    create_collection(db, &settings.collection).await?;
+    let entries = match placement {
+        Placement::Separate => {
+            create_collection(db, &settings.outbox_collection).await?;
+            &settings.outbox_collection
+        }
+        Placement::Colocated => &settings.collection,
+    };
+    store::ensure_indexes(
+        db,
+        entries,
+        settings.retention,
+        placement == Placement::Colocated,
+    )
+    .await?;
     tracing::info!(
         collection = %settings.collection,
-        outbox_collection = %settings.outbox_collection,
+        entries_collection = %entries,
+        placement = ?placement,
         "Collections and indexes are in place"
     );
     Ok(())

@@ -85,7 +85,7 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             let settings = Settings::from_env(env)?;
             let schedule = schedule::resolve(&settings)?;
             let addr = SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                settings.standalone_bind,
                 port.unwrap_or(settings.standalone_port),
             );
             serve(&settings, Mode::Standalone, addr, Some(schedule)).await

@@ -208,7 +208,7 @@ impl Relay {
                 return report;
             }
         };
-        let store = OutboxStore::new(&db, &self.db.settings().outbox_collection);
+        let store = OutboxStore::new(&db.database, &db.entries_collection);
         let stop = shutdown.child_token();
         let mut in_flight: JoinSet<BatchReport> = JoinSet::new();
         let concurrency = self.settings.publish_concurrency.get();

@@ -14,8 +14,9 @@ pub const MAX_DEPTH: usize = 64;
 /// Longest accepted document id, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
 
-/// Top-level field that marks outbox entries; documents must not use it.
-pub const RESERVED_FIELD: &str = "_outbox";
+/// Top-level fields documents must not use: `_outbox` marks outbox entries, `_meta` holds a
+/// document's version (see [`crate::domain::change`]).
+pub const RESERVED_FIELDS: [&str; 2] = ["_outbox", super::change::META_FIELD];
 
 /// Why a request body is not an acceptable document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +69,17 @@ pub enum InputError {
         /// Where the number is.
         path: String,
     },
+    /// A request header that cannot be used.
+    #[error("invalid {name} header: {reason}")]
+    InvalidHeader {
+        /// The header.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The document does not carry the collection's shard key.
+    #[error("the document must have the shard key field {0:?}")]
+    MissingShardKey(String),
     /// The document or its event is larger than allowed.
     #[error("the {what} is {size} bytes, more than the limit of {limit} bytes")]
     TooLarge {
@@ -162,7 +174,8 @@ impl NewDocument {
     /// Parses a request body into a document.
     ///
     /// `max_body_bytes` bounds the body as received (the event size is checked later, when it
-    /// is built).
+    /// is built). `route_id` is the id named by the URL, if any: the body's `_id` must then be
+    /// absent or equal to it.
     ///
     /// # Errors
     /// An [`InputError`] naming the first problem found.
@@ -170,6 +183,7 @@ impl NewDocument {
         content_type: Option<&str>,
         body: &[u8],
         max_body_bytes: usize,
+        route_id: Option<&DocumentId>,
     ) -> Result<Self, InputError> {
         match content_type {
             Some(ct) if is_json_content_type(ct) => {}
@@ -207,19 +221,28 @@ impl NewDocument {
                 found: kind_of(&value),
             });
         };
-        let id = match fields.shift_remove("_id") {
-            None => DocumentId::generate(),
-            Some(Value::String(s)) => DocumentId::parse(&s)?,
-            Some(other) => {
+        let id = match (fields.shift_remove("_id"), route_id) {
+            (None, None) => DocumentId::generate(),
+            (None, Some(route)) => route.clone(),
+            (Some(Value::String(s)), route) => {
+                let id = DocumentId::parse(&s)?;
+                if route.is_some_and(|r| *r != id) {
+                    return Err(InputError::InvalidId {
+                        reason: "the body's _id differs from the id in the URL".into(),
+                    });
+                }
+                id
+            }
+            (Some(other), _) => {
                 return Err(InputError::InvalidId {
                     reason: format!("must be a string, got {}", kind_of(&other)),
                 });
             }
         };
-        if fields.contains_key(RESERVED_FIELD) {
+        if let Some(reserved) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
             return Err(InputError::InvalidKey {
-                path: format!("$.{RESERVED_FIELD}"),
-                reason: "this field name is reserved for outbox entries",
+                path: format!("$.{reserved}"),
+                reason: "this field name is reserved by outbox-relay",
             });
         }
         let mut bson = Document::new();
@@ -351,7 +374,7 @@ mod tests {
     const LIMIT: usize = 1 << 20;
 
     fn parse(body: &str) -> Result<NewDocument, InputError> {
-        NewDocument::parse(JSON, body.as_bytes(), LIMIT)
+        NewDocument::parse(JSON, body.as_bytes(), LIMIT, None)
     }
 
     #[test]
@@ -397,7 +420,7 @@ mod tests {
             Some("text/plain"),
             Some("application/x-www-form-urlencoded"),
         ] {
-            let e = NewDocument::parse(ct, b"{}", LIMIT).unwrap_err();
+            let e = NewDocument::parse(ct, b"{}", LIMIT, None).unwrap_err();
             assert!(
                 matches!(e, InputError::UnsupportedMediaType { .. }),
                 "{ct:?}"
@@ -409,7 +432,10 @@ mod tests {
             "application/vnd.acme+json",
             "text/json",
         ] {
-            assert!(NewDocument::parse(Some(ct), b"{}", LIMIT).is_ok(), "{ct}");
+            assert!(
+                NewDocument::parse(Some(ct), b"{}", LIMIT, None).is_ok(),
+                "{ct}"
+            );
         }
     }
 
@@ -426,7 +452,7 @@ mod tests {
             InputError::MalformedJson { .. }
         ));
         assert!(matches!(
-            NewDocument::parse(JSON, b"{\"a\":\"\xff\"}", LIMIT).unwrap_err(),
+            NewDocument::parse(JSON, b"{\"a\":\"\xff\"}", LIMIT, None).unwrap_err(),
             InputError::MalformedJson { .. }
         ));
         for (body, found) in [
@@ -469,6 +495,7 @@ mod tests {
             (r#"{"a":{"b":{"$where":"x"}}}"#, "$.a.b.$where"),
             (r#"{"a":[{"ok":1},{"x.y":2}]}"#, "$.a[1].x.y"),
             (r#"{"_outbox":{}}"#, "$._outbox"),
+            (r#"{"_meta":{"version":9}}"#, "$._meta"),
         ] {
             match parse(body) {
                 Err(InputError::InvalidKey { path: got, .. }) => assert_eq!(got, path, "{body}"),
@@ -498,8 +525,19 @@ mod tests {
     }
 
     #[test]
+    fn the_url_id_is_used_and_must_agree_with_the_body() {
+        let route = DocumentId::parse("r-1").unwrap();
+        let d = NewDocument::parse(JSON, br#"{"a":1}"#, LIMIT, Some(&route)).unwrap();
+        assert_eq!(d.id(), &route);
+        let d = NewDocument::parse(JSON, br#"{"_id":"r-1"}"#, LIMIT, Some(&route)).unwrap();
+        assert_eq!(d.id(), &route);
+        let e = NewDocument::parse(JSON, br#"{"_id":"other"}"#, LIMIT, Some(&route)).unwrap_err();
+        assert!(matches!(e, InputError::InvalidId { .. }));
+    }
+
+    #[test]
     fn bodies_over_the_limit_are_too_large() {
-        let e = NewDocument::parse(JSON, br#"{"a":"0123456789"}"#, 10).unwrap_err();
+        let e = NewDocument::parse(JSON, br#"{"a":"0123456789"}"#, 10, None).unwrap_err();
         assert!(matches!(e, InputError::TooLarge { what: "body", .. }));
     }
 }

@@ -13,17 +13,24 @@ const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_4e0a_9a57_4d39_b1b4_2e6c
 
 /// Identifies one event, and the outbox entry that carries it.
 ///
-/// Derived from (database, collection, document id, version) at write time, so a replayed
-/// write can only ever produce the same id, and apps sharing a database or a topic cannot
-/// collide. It never changes afterwards: consumers de-duplicate on it.
+/// Derived from (database, collection, document id, lineage, version) at write time, so a
+/// replayed write can only ever produce the same id, and apps sharing a database or a topic
+/// cannot collide. It never changes afterwards: consumers de-duplicate on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(Uuid);
 
 impl EventId {
-    /// The id of the event announcing `version` of a document.
+    /// The id of the event announcing `version` of a document in its `lineage` (see
+    /// [`crate::domain::change`]).
     #[must_use]
-    pub fn for_change(database: &str, collection: &str, document_id: &str, version: u64) -> Self {
-        let name = format!("{database}\0{collection}\0{document_id}\0{version}");
+    pub fn for_change(
+        database: &str,
+        collection: &str,
+        document_id: &str,
+        lineage: &str,
+        version: u64,
+    ) -> Self {
+        let name = format!("{database}\0{collection}\0{document_id}\0{lineage}\0{version}");
         Self(Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()))
     }
 
@@ -137,7 +144,7 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         OutboxEvent::new(
-            EventId::for_change("db", "orders", "o-1", 1),
+            EventId::for_change("db", "orders", "o-1", "L", 1),
             "orders/o-1".into(),
             "CosmosDB.DocumentChanged".into(),
             "1.0".into(),
@@ -148,15 +155,16 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_scoped() {
-        let a = EventId::for_change("db", "orders", "o-1", 1);
-        assert_eq!(a, EventId::for_change("db", "orders", "o-1", 1));
-        assert_ne!(a, EventId::for_change("db", "orders", "o-1", 2));
-        assert_ne!(a, EventId::for_change("db", "invoices", "o-1", 1));
-        assert_ne!(a, EventId::for_change("other", "orders", "o-1", 1));
+        let a = EventId::for_change("db", "orders", "o-1", "L", 1);
+        assert_eq!(a, EventId::for_change("db", "orders", "o-1", "L", 1));
+        assert_ne!(a, EventId::for_change("db", "orders", "o-1", "L", 2));
+        assert_ne!(a, EventId::for_change("db", "orders", "o-1", "M", 1));
+        assert_ne!(a, EventId::for_change("db", "invoices", "o-1", "L", 1));
+        assert_ne!(a, EventId::for_change("other", "orders", "o-1", "L", 1));
         // The separator keeps ("a", "bc") and ("ab", "c") apart.
         assert_ne!(
-            EventId::for_change("d", "a", "bc", 1),
-            EventId::for_change("d", "ab", "c", 1)
+            EventId::for_change("d", "a", "bc", "L", 1),
+            EventId::for_change("d", "ab", "c", "L", 1)
         );
         assert_eq!(a.as_uuid().get_version_num(), 5);
     }

@@ -71,6 +71,21 @@ pub enum ApiError {
     /// A document with this id exists.
     #[error("a document with _id {0} already exists")]
     Conflict(String),
+    /// No document with this id.
+    #[error("there is no document with _id {0}")]
+    NotFound(String),
+    /// `If-Match` / `If-None-Match` did not hold.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(&'static str),
+    /// The `Idempotency-Key` was used for a different request.
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// Standalone mode: no or a wrong function key.
+    #[error("a valid function key is required (x-functions-key header or code query parameter)")]
+    Unauthorized,
+    /// No route for this path.
+    #[error("not found")]
+    NoRoute,
     /// The database is unavailable or throttling.
     #[error("the service is temporarily unavailable")]
     Unavailable {
@@ -89,7 +104,7 @@ pub enum ApiError {
         /// The method that was used.
         method: String,
         /// The methods that are.
-        allow: &'static str,
+        allow: String,
     },
     /// The request is larger than accepted, known before reading it.
     #[error("the request body is larger than {limit} bytes")]
@@ -107,6 +122,9 @@ impl From<WriteError> for ApiError {
         match e {
             WriteError::Input(i) => Self::Input(i),
             WriteError::Conflict(id) => Self::Conflict(id.to_string()),
+            WriteError::NotFound(id) => Self::NotFound(id.to_string()),
+            WriteError::PreconditionFailed(why) => Self::PreconditionFailed(why),
+            WriteError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
             WriteError::Unavailable {
                 retry_after,
                 source,
@@ -138,7 +156,16 @@ impl ApiError {
                     (StatusCode::BAD_REQUEST, "NumberOutOfRange")
                 }
                 InputError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+                InputError::InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "InvalidHeader"),
+                InputError::MissingShardKey(_) => (StatusCode::BAD_REQUEST, "MissingShardKey"),
             },
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "NotFound"),
+            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "IdempotencyKeyReused")
+            }
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             Self::UnreadableBody => (StatusCode::BAD_REQUEST, "UnreadableBody"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
@@ -172,7 +199,7 @@ impl ApiError {
                 r = r.with_header(header::RETRY_AFTER, format!("{secs:.0}"));
             }
             Self::MethodNotAllowed { allow, .. } => {
-                r = r.with_header(header::ALLOW, *allow);
+                r = r.with_header(header::ALLOW, allow.clone());
             }
             _ => {}
         }
@@ -251,6 +278,25 @@ mod tests {
             (ApiError::BodyTooLarge { limit: 1 }, 413, "PayloadTooLarge"),
             (ApiError::UnreadableBody, 400, "UnreadableBody"),
             (ApiError::Conflict("a".into()), 409, "Conflict"),
+            (ApiError::NotFound("a".into()), 404, "NotFound"),
+            (ApiError::NoRoute, 404, "NotFound"),
+            (ApiError::PreconditionFailed("x"), 412, "PreconditionFailed"),
+            (ApiError::IdempotencyKeyReused, 422, "IdempotencyKeyReused"),
+            (ApiError::Unauthorized, 401, "Unauthorized"),
+            (
+                InputError::InvalidHeader {
+                    name: "Idempotency-Key",
+                    reason: "r",
+                }
+                .into(),
+                400,
+                "InvalidHeader",
+            ),
+            (
+                InputError::MissingShardKey("tenant".into()).into(),
+                400,
+                "MissingShardKey",
+            ),
             (
                 ApiError::Unavailable {
                     retry_after: Duration::from_millis(1500),
@@ -263,7 +309,7 @@ mod tests {
             (
                 ApiError::MethodNotAllowed {
                     method: "GET".into(),
-                    allow: "POST",
+                    allow: "POST".into(),
                 },
                 405,
                 "MethodNotAllowed",
@@ -285,7 +331,7 @@ mod tests {
         assert!(r.headers.contains(&(header::RETRY_AFTER, "2".into())));
         let r = ApiError::MethodNotAllowed {
             method: "GET".into(),
-            allow: "POST",
+            allow: "POST".into(),
         }
         .response();
         assert!(r.headers.contains(&(header::ALLOW, "POST".into())));

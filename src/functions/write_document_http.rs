@@ -1,50 +1,109 @@
-//! `WriteDocumentHttp`: the HTTP function that writes a document with its event.
+//! `WriteDocumentHttp`: the HTTP function that changes a document with its event.
 //!
-//! Two doors, one core: the envelope at `POST /WriteDocumentHttp` (the host's default) and the
-//! raw request at `/api/WriteDocumentHttp` (forwarding mode, and standalone mode).
+//! Two doors, one core: the host's envelope at `POST /WriteDocumentHttp` (the default), and the
+//! raw request on the function's public route (`/api/documents[/{id}]`; forwarding mode and
+//! standalone mode).
+//!
+//! | Request | Answer |
+//! |---|---|
+//! | `POST /api/documents` (or `/{id}`) | 201 + `Location` + `ETag`: created |
+//! | `PUT /api/documents/{id}` | 201 created / 200 replaced, `ETag`; `If-Match` → 412 on mismatch, `If-None-Match: *` → create only |
+//! | `DELETE /api/documents/{id}` | 200 deleted, 404 when missing; `If-Match` → 412 on mismatch |
+//!
+//! Every answer body is `{"id", "eventId", "version", "operation"}` or an error. A replay under
+//! the same `Idempotency-Key` answers the same, with `Idempotent-Replayed: true`.
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ApiResponse};
 use super::invoke::{HttpTriggerData, InvocationRequest, InvocationResponse};
-use crate::documents::MAX_BODY_BYTES;
+use crate::documents::{self, MAX_BODY_BYTES, WriteRequest, Written};
+use crate::domain::Operation;
 
-/// Public path of the function (route prefix `api`, no custom route).
-pub const PUBLIC_PATH: &str = "/api/WriteDocumentHttp";
 /// Largest envelope accepted from the host: the body travels JSON-escaped inside it.
 pub const MAX_ENVELOPE_BYTES: usize = 8 * MAX_BODY_BYTES;
-const ALLOW: &str = "POST";
 
-/// The core of the function, whichever way the request arrived.
-async fn handle(
-    state: &AppState,
-    method: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> ApiResponse {
-    if !method.eq_ignore_ascii_case(Method::POST.as_str()) {
-        return ApiError::MethodNotAllowed {
-            method: method.chars().take(16).collect(),
-            allow: ALLOW,
+/// Header marking an answer replayed from an idempotency record.
+pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A request as the core needs it, however it arrived.
+struct Incoming<'a> {
+    method: &'a str,
+    id: Option<&'a str>,
+    header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    body: &'a [u8],
+}
+
+/// The core of the function.
+async fn handle(state: &AppState, req: Incoming<'_>) -> ApiResponse {
+    let function = &state.http_function;
+    let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()).ok();
+    let with_id = req.id.is_some();
+    let op = match method {
+        Some(m) if function.allows(&m) && m == Method::POST => documents::Method::Create,
+        Some(m) if function.allows(&m) && m == Method::PUT && with_id => documents::Method::Replace,
+        Some(m) if function.allows(&m) && m == Method::DELETE && with_id => {
+            documents::Method::Delete
         }
-        .response();
-    }
-    match state.documents.create(content_type, body).await {
-        Ok(written) => ApiResponse::json(
-            StatusCode::CREATED,
-            &json!({ "id": written.document_id.as_str(), "eventId": written.event_id.to_string() }),
-        )
-        .with_header(
-            header::LOCATION,
-            format!("{PUBLIC_PATH}/{}", written.document_id),
-        ),
+        _ => {
+            return ApiError::MethodNotAllowed {
+                method: req.method.chars().take(16).collect(),
+                allow: function.allow(with_id),
+            }
+            .response();
+        }
+    };
+    let content_type = (req.header)("content-type");
+    let if_match = (req.header)("if-match");
+    let if_none_match = (req.header)("if-none-match");
+    let idempotency_key = (req.header)("idempotency-key");
+    let request = WriteRequest {
+        method: op,
+        id: req.id,
+        content_type: content_type.as_deref(),
+        body: req.body,
+        if_match: if_match.as_deref(),
+        if_none_match: if_none_match.as_deref(),
+        idempotency_key: idempotency_key.as_deref(),
+    };
+    match state.documents.write(request).await {
+        Ok(written) => success(state, &written),
         Err(e) => ApiError::from(e).response(),
     }
+}
+
+fn success(state: &AppState, w: &Written) -> ApiResponse {
+    let status = match w.operation {
+        Operation::Created => StatusCode::CREATED,
+        Operation::Replaced | Operation::Deleted => StatusCode::OK,
+    };
+    let mut r = ApiResponse::json(
+        status,
+        &json!({
+            "id": w.document_id.as_str(),
+            "eventId": w.event_id.to_string(),
+            "version": w.revision.version,
+            "operation": w.operation.as_str(),
+        }),
+    );
+    if w.operation != Operation::Deleted {
+        r = r.with_header(header::ETAG, w.revision.etag());
+    }
+    if w.operation == Operation::Created {
+        r = r.with_header(
+            header::LOCATION,
+            state.http_function.location(&w.document_id),
+        );
+    }
+    if w.replayed {
+        r = r.with_header(REPLAYED, "true");
+    }
+    r
 }
 
 /// `POST /WriteDocumentHttp`: the host's envelope. The answer to the host is 200 whatever the
@@ -61,46 +120,77 @@ pub async fn envelope(State(state): State<AppState>, body: axum::body::Bytes) ->
         }
     };
     let req = request.data.req;
-    let method = req.method.as_deref().unwrap_or("POST");
-    let body = req.body.as_deref().unwrap_or_default();
-    let response = handle(&state, method, req.header("content-type"), body.as_bytes()).await;
+    let header = |name: &str| req.header(name).map(str::to_owned);
+    let id = req
+        .params
+        .get("id")
+        .map(String::as_str)
+        .filter(|s| !s.is_empty());
+    let response = handle(
+        &state,
+        Incoming {
+            method: req.method.as_deref().unwrap_or("POST"),
+            id,
+            header: &header,
+            body: req.body.as_deref().unwrap_or_default().as_bytes(),
+        },
+    )
+    .await;
     let log = log_line(&response);
     InvocationResponse::http(&response, vec![log]).into_host_response(StatusCode::OK)
 }
 
-/// `/api/WriteDocumentHttp`: the raw request (forwarding mode, standalone mode).
-pub async fn raw(State(state): State<AppState>, request: Request) -> Response {
+/// The raw request on the collection URL (`/api/documents`).
+pub async fn raw_collection(State(state): State<AppState>, request: Request) -> Response {
+    raw(&state, None, request).await
+}
+
+/// The raw request on a document's URL (`/api/documents/{id}`).
+pub async fn raw_item(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    raw(&state, Some(&id), request).await
+}
+
+async fn raw(state: &AppState, id: Option<&str>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if parts.method != Method::POST {
-        return handle(&state, parts.method.as_str(), None, &[])
-            .await
-            .into_response();
-    }
-    // Refuse an announced oversize body before reading any of it.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return ApiError::BodyTooLarge {
-            limit: MAX_BODY_BYTES,
-        }
-        .response()
-        .into_response();
-    }
-    let bytes = match read_limited(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(e) => return e.response().into_response(),
+    let headers: HeaderMap = parts.headers;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
-    handle(&state, "POST", content_type.as_deref(), &bytes)
-        .await
-        .into_response()
+    let bytes = if parts.method == Method::POST || parts.method == Method::PUT {
+        // Refuse an announced oversize body before reading any of it.
+        let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            return ApiError::BodyTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+            .response()
+            .into_response();
+        }
+        match read_limited(body, MAX_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return e.response().into_response(),
+        }
+    } else {
+        axum::body::Bytes::new()
+    };
+    handle(
+        state,
+        Incoming {
+            method: parts.method.as_str(),
+            id,
+            header: &header,
+            body: &bytes,
+        },
+    )
+    .await
+    .into_response()
 }
 
 /// Reads at most `limit` bytes, stopping as soon as the body is known to be larger.

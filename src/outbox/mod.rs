@@ -14,6 +14,7 @@
 //!              event: { subject, type, time, data_version, data (JSON text) } } }
 //! ```
 
+pub mod idempotency;
 pub mod store;
 
 use chrono::{DateTime, Utc};

@@ -134,11 +134,17 @@ fn duration_chrono(d: Duration) -> chrono::Duration {
 }
 
 /// The outbox entry for `event`, to insert in the same transaction as the change it
-/// announces. Its `_id` is the event id.
+/// announces. Its `_id` is the event id. `shard_key` (name and value) is copied from the
+/// document onto the entry so both land in one partition of a sharded collection.
 #[must_use]
-pub fn new_entry(event: &OutboxEvent, collection: &str, document_id: &str) -> Document {
+pub fn new_entry(
+    event: &OutboxEvent,
+    collection: &str,
+    document_id: &str,
+    shard_key: Option<(&str, &Bson)>,
+) -> Document {
     let created = bson_time(event.event_time);
-    doc! {
+    let mut entry = doc! {
         "_id": id_bson(&event.id),
         ROOT: {
             "status": EntryStatus::Pending.as_str(),
@@ -156,7 +162,11 @@ pub fn new_entry(event: &OutboxEvent, collection: &str, document_id: &str) -> Do
                 "data": event.data.get(),
             },
         },
+    };
+    if let Some((name, value)) = shard_key {
+        entry.insert(name, value.clone());
     }
+    entry
 }
 
 fn error_doc(e: &LastError, now: DateTime<Utc>) -> Document {
@@ -504,11 +514,15 @@ impl OutboxStore {
     }
 }
 
-/// Creates the claim index and the retention (TTL) index on the entries' collection.
+/// Creates the claim index, the retention (TTL) index of published entries and the expiry
+/// index of idempotency records on the entries' collection.
 ///
-/// A server that refuses the TTL index (Cosmos DB accounts without per-field TTL) keeps
-/// published entries until they are removed otherwise; that is logged, not fatal, because it
-/// loses nothing.
+/// In the documents' own collection (`colocated`) the claim index is partial, covering entries
+/// only; a server that refuses partial indexes gets a plain one (documents then sit in it
+/// under a null key, which costs space, not correctness). A server that refuses a TTL index
+/// (Cosmos DB accounts without per-field TTL) keeps published entries and expired idempotency
+/// records until removed otherwise; that is logged, not fatal: nothing is lost, and expired
+/// records are ignored when read.
 ///
 /// # Errors
 /// When the claim index cannot be created: without it the claim query would scan (and fail on
@@ -517,38 +531,101 @@ pub async fn ensure_indexes(
     db: &Database,
     collection: &str,
     retention: Duration,
+    colocated: bool,
 ) -> Result<(), DbError> {
     let entries: Collection<Document> = db.collection(collection);
-    entries
+    let claim_keys = doc! { field::STATUS: 1, field::DUE_AT: 1 };
+    let plain = IndexOptions::builder().name(CLAIM_INDEX.to_owned()).build();
+    let claim_options = if colocated {
+        IndexOptions::builder()
+            .name(CLAIM_INDEX.to_owned())
+            .partial_filter_expression(doc! { field::STATUS: { "$exists": true } })
+            .build()
+    } else {
+        plain.clone()
+    };
+    let made = entries
         .create_index(
             IndexModel::builder()
-                .keys(doc! { field::STATUS: 1, field::DUE_AT: 1 })
-                .options(IndexOptions::builder().name(CLAIM_INDEX.to_owned()).build())
+                .keys(claim_keys.clone())
+                .options(claim_options)
                 .build(),
         )
-        .await?;
+        .await;
+    match made {
+        Ok(_) => {}
+        Err(e) if colocated && !classify_ref_retryable(&e) => {
+            tracing::warn!(
+                error = %crate::telemetry::chain(&e),
+                "The database refused a partial claim index; using a plain one"
+            );
+            entries
+                .create_index(
+                    IndexModel::builder()
+                        .keys(claim_keys)
+                        .options(plain)
+                        .build(),
+                )
+                .await?;
+        }
+        Err(e) => return Err(classify(e)),
+    }
+    ensure_ttl(
+        db,
+        &entries,
+        RETENTION_INDEX,
+        field::PUBLISHED_AT,
+        retention,
+        "published outbox entries",
+    )
+    .await?;
+    ensure_ttl(
+        db,
+        &entries,
+        super::idempotency::EXPIRY_INDEX,
+        super::idempotency::EXPIRES_AT,
+        Duration::ZERO,
+        "expired idempotency records",
+    )
+    .await?;
+    Ok(())
+}
+
+fn classify_ref_retryable(e: &mongodb::error::Error) -> bool {
+    classify(e.clone()).is_retryable()
+}
+
+async fn ensure_ttl(
+    db: &Database,
+    entries: &Collection<Document>,
+    name: &str,
+    path: &str,
+    after: Duration,
+    what: &str,
+) -> Result<(), DbError> {
     let ttl = IndexModel::builder()
-        .keys(doc! { field::PUBLISHED_AT: 1 })
+        .keys(doc! { path: 1 })
         .options(
             IndexOptions::builder()
-                .name(RETENTION_INDEX.to_owned())
-                .expire_after(retention)
+                .name(name.to_owned())
+                .expire_after(after)
                 .build(),
         )
         .build();
     match entries.create_index(ttl).await {
         Ok(_) => {}
-        // The index exists with another retention: change it in place.
+        // The index exists with another expiry: change it in place.
         Err(e) if matches!(error_code(&e), Some(85 | 86)) => {
-            let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+            let secs = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
             db.run_command(doc! {
-                "collMod": collection,
-                "index": { "name": RETENTION_INDEX, "expireAfterSeconds": secs },
+                "collMod": entries.name(),
+                "index": { "name": name, "expireAfterSeconds": secs },
             })
             .await?;
             tracing::info!(
-                retention_secs = secs,
-                "Changed the retention of published outbox entries"
+                index = name,
+                expire_after_secs = secs,
+                "Changed the expiry of {what}"
             );
         }
         Err(e) => {
@@ -558,7 +635,8 @@ pub async fn ensure_indexes(
             }
             tracing::warn!(
                 error = %crate::telemetry::chain(&e),
-                "The database refused the TTL index on published outbox entries; they will be kept until removed by hand (on Cosmos DB for MongoDB RU, enable per-field TTL)"
+                index = name,
+                "The database refused the TTL index for {what}; they will be kept until removed by hand (on Cosmos DB for MongoDB RU, enable per-field TTL)"
             );
         }
     }

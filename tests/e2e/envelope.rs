@@ -147,9 +147,11 @@ async fn written_documents_are_published_by_the_timer_with_their_event_ids() {
     );
     for e in rx.handle().events() {
         let v = e.to_value().unwrap();
-        let doc_id = v["data"]["_id"].as_str().unwrap();
+        let doc_id = v["data"]["id"].as_str().unwrap();
         assert_eq!(v["subject"], format!("documents/{doc_id}"));
-        assert_eq!(v["eventType"], "CosmosDB.DocumentChanged");
+        assert_eq!(v["eventType"], "CosmosDB.DocumentCreated");
+        assert_eq!(v["data"]["operation"], "created");
+        assert_eq!(v["data"]["document"]["_id"], doc_id);
     }
     assert_eq!(db.count_entries_with("published").await, 20);
     let second = handler.tick().await;

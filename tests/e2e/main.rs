@@ -14,6 +14,7 @@
 mod support;
 
 mod envelope;
+mod lifecycle;
 mod relay;
 mod standalone;
 mod write_document;

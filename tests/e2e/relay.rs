@@ -34,7 +34,7 @@ async fn seed_entries(db: &TestDb, n: usize, data_bytes: usize) -> Vec<String> {
             format!(r#"{{"_id":"{id}","pad":"{}"}}"#, "p".repeat(data_bytes))
         };
         let event = OutboxEvent::new(
-            EventId::for_change(&db.name, "documents", &id, 1),
+            EventId::for_change(&db.name, "documents", &id, "seed", 1),
             format!("documents/{id}"),
             "CosmosDB.DocumentChanged".into(),
             "1.0".into(),
@@ -42,7 +42,7 @@ async fn seed_entries(db: &TestDb, n: usize, data_bytes: usize) -> Vec<String> {
             Utc::now(),
         );
         ids.push(event.id.to_string());
-        batch.push(store::new_entry(&event, "documents", &id));
+        batch.push(store::new_entry(&event, "documents", &id, None));
         if batch.len() == 1000 {
             db.outbox()
                 .insert_many(std::mem::take(&mut batch))

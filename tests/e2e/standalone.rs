@@ -19,7 +19,7 @@ async fn the_schedule_drains_the_outbox_without_being_asked() {
 
     let res = handler
         .http()
-        .post(handler.url("/api/WriteDocumentHttp"))
+        .post(handler.url("/api/documents"))
         .header("content-type", "application/json")
         .body(r#"{"_id":"sched-1"}"#)
         .send()
@@ -56,7 +56,7 @@ async fn the_admin_endpoint_runs_one_drain_and_reports_it() {
     for i in 0..3 {
         let res = handler
             .http()
-            .post(handler.url("/api/WriteDocumentHttp"))
+            .post(handler.url("/api/documents"))
             .header("content-type", "application/json")
             .body(format!(r#"{{"_id":"adm-{i}"}}"#))
             .send()
@@ -120,5 +120,64 @@ async fn a_bad_schedule_stops_start_up_naming_the_setting() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("OUTBOX_SCHEDULE"));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_configured_function_key_is_required_for_the_api_and_admin_routes() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[("STANDALONE_FUNCTION_KEY", "s3cret-key")],
+    ))
+    .await;
+    let post = |key: Option<&'static str>, query: &'static str| {
+        let mut r = handler
+            .http()
+            .post(handler.url(&format!("/api/documents{query}")))
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(k) = key {
+            r = r.header("x-functions-key", k);
+        }
+        r.send()
+    };
+
+    assert_eq!(post(None, "").await.unwrap().status(), 401);
+    assert_eq!(post(Some("wrong"), "").await.unwrap().status(), 401);
+    assert_eq!(post(Some("s3cret-key"), "").await.unwrap().status(), 201);
+    assert_eq!(post(None, "?code=s3cret-key").await.unwrap().status(), 201);
+    let admin = handler
+        .http()
+        .post(handler.url("/admin/functions/OutboxTimer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 401);
+    let health = handler.http().get(handler.url("/")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the health probe needs no key");
+    assert!(!handler.output().contains("s3cret-key"));
+    assert_eq!(db.count_documents().await, 2);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_network_address_without_a_key_stops_start_up() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let mut settings = app_settings(&db, &rx, &[("STANDALONE_BIND", "0.0.0.0")]);
+    settings.push(("PATH".into(), "/usr/bin:/bin".into()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["serve", "--port", "0"])
+        .env_clear()
+        .envs(settings)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("STANDALONE_FUNCTION_KEY"), "{stderr}");
     db.drop().await;
 }

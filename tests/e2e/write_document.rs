@@ -27,10 +27,7 @@ async fn a_document_and_its_outbox_entry_are_written_together() {
     assert_eq!(res.status, 201, "{:?}", res.body);
     assert_eq!(res.body["id"], "report-7");
     let event_id = res.body["eventId"].as_str().unwrap().to_owned();
-    assert_eq!(
-        res.header("Location"),
-        Some("/api/WriteDocumentHttp/report-7")
-    );
+    assert_eq!(res.header("Location"), Some("/api/documents/report-7"));
     let stored = db
         .documents()
         .find_one(doc! { "_id": "report-7" })
@@ -44,12 +41,17 @@ async fn a_document_and_its_outbox_entry_are_written_together() {
     assert_eq!(state.get_i32("attempts").unwrap(), 0);
     let event = state.get_document("event").unwrap();
     assert_eq!(event.get_str("subject").unwrap(), "documents/report-7");
-    assert_eq!(event.get_str("type").unwrap(), "CosmosDB.DocumentChanged");
+    assert_eq!(event.get_str("type").unwrap(), "CosmosDB.DocumentCreated");
     assert_eq!(event.get_str("data_version").unwrap(), "1.0");
     let data: Value = serde_json::from_str(event.get_str("data").unwrap()).unwrap();
     assert_eq!(
         data,
-        json!({"_id":"report-7","title":"quarterly report","pages":7,"tags":["q3"]})
+        json!({
+            "operation": "created",
+            "id": "report-7",
+            "version": 1,
+            "document": {"_id":"report-7","title":"quarterly report","pages":7,"tags":["q3"]}
+        })
     );
     assert_eq!(db.count_documents().await, 1);
     assert_eq!(db.count_entries().await, 1);
@@ -124,18 +126,16 @@ async fn every_bad_input_gets_its_status_and_writes_nothing() {
         (ClientRequest::post_json(huge), 413, "PayloadTooLarge"),
         (
             ClientRequest {
-                method: "POST".into(),
                 content_type: Some("text/plain".into()),
-                body: Some(r#"{"a":1}"#.into()),
+                ..ClientRequest::post_json(r#"{"a":1}"#)
             },
             415,
             "UnsupportedMediaType",
         ),
         (
             ClientRequest {
-                method: "POST".into(),
                 content_type: None,
-                body: Some(r#"{"a":1}"#.into()),
+                ..ClientRequest::post_json(r#"{"a":1}"#)
             },
             415,
             "UnsupportedMediaType",
@@ -143,11 +143,30 @@ async fn every_bad_input_gets_its_status_and_writes_nothing() {
         (
             ClientRequest {
                 method: "PUT".into(),
-                content_type: Some("application/json".into()),
-                body: Some(r#"{"a":1}"#.into()),
+                ..ClientRequest::post_json(r#"{"a":1}"#)
             },
             405,
             "MethodNotAllowed",
+        ),
+        (
+            ClientRequest {
+                method: "PATCH".into(),
+                ..ClientRequest::put_json("x", r#"{"a":1}"#)
+            },
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            ClientRequest::put_json("x", r#"{"_id":"y"}"#),
+            400,
+            "InvalidId",
+        ),
+        (ClientRequest::put_json("bad id", r#"{}"#), 400, "InvalidId"),
+        (ClientRequest::delete("missing"), 404, "NotFound"),
+        (
+            ClientRequest::post_json(r#"{"a":1}"#).header("Idempotency-Key", ""),
+            400,
+            "InvalidHeader",
         ),
     ];
     for (request, status, code) in cases {
@@ -240,32 +259,6 @@ async fn a_failure_forced_after_the_document_insert_leaves_neither_document_nor_
 }
 
 #[tokio::test]
-async fn an_entry_id_clash_rolls_back_the_document_too() {
-    let (db, _rx, handler) = setup().await;
-    // Pre-seed the outbox with the entry the write will try to create (its id is
-    // deterministic), so the second insert of the transaction hits a duplicate key.
-    let id =
-        outbox_relay::domain::EventId::for_change(&db.name, &db.settings.collection, "clash-1", 1);
-    let uuid = mongodb::bson::Binary {
-        subtype: mongodb::bson::spec::BinarySubtype::Uuid,
-        bytes: id.as_uuid().as_bytes().to_vec(),
-    };
-    db.outbox().insert_one(doc! { "_id": uuid }).await.unwrap();
-
-    let res = handler
-        .write(&ClientRequest::post_json(r#"{"_id":"clash-1"}"#))
-        .await;
-
-    assert_eq!(res.status, 409, "{:?}", res.body);
-    assert_eq!(
-        db.count_documents().await,
-        0,
-        "document rolled back with the entry"
-    );
-    db.drop().await;
-}
-
-#[tokio::test]
 async fn an_unreachable_database_gets_503_with_retry_after_and_health_still_answers() {
     let rx = receiver::start().await;
     let port = devstack::pick_free_port().unwrap();
@@ -305,7 +298,7 @@ async fn an_unreachable_database_gets_503_with_retry_after_and_health_still_answ
 #[tokio::test]
 async fn forwarded_raw_requests_get_the_same_answers() {
     let (db, _rx, handler) = setup().await;
-    let url = handler.url("/api/WriteDocumentHttp");
+    let url = handler.url("/api/documents");
 
     let created = handler
         .http()
@@ -322,7 +315,7 @@ async fn forwarded_raw_requests_get_the_same_answers() {
     assert_eq!(created.status(), 201);
     assert_eq!(
         created.headers()["location"].to_str().unwrap(),
-        "/api/WriteDocumentHttp/raw-1"
+        "/api/documents/raw-1"
     );
     let body: Value = created.json().await.unwrap();
     assert_eq!(body["id"], "raw-1");
@@ -335,7 +328,7 @@ async fn forwarded_raw_requests_get_the_same_answers() {
     // bytes only, and the answer comes anyway.
     let too_big = raw_exchange(
         handler.port,
-        "POST /api/WriteDocumentHttp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5242880\r\n\r\n{\"a\":",
+        "POST /api/documents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5242880\r\n\r\n{\"a\":",
     )
     .await;
     assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");

@@ -77,7 +77,10 @@ impl CallerResponse {
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
     pub method: String,
+    /// The `{id}` of the route, if the URL names a document.
+    pub id: Option<String>,
     pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
     pub body: Option<String>,
 }
 
@@ -85,9 +88,34 @@ impl ClientRequest {
     pub fn post_json(body: impl Into<String>) -> Self {
         Self {
             method: "POST".into(),
+            id: None,
             content_type: Some("application/json".into()),
+            headers: Vec::new(),
             body: Some(body.into()),
         }
+    }
+
+    pub fn put_json(id: &str, body: impl Into<String>) -> Self {
+        Self {
+            method: "PUT".into(),
+            id: Some(id.into()),
+            ..Self::post_json(body)
+        }
+    }
+
+    pub fn delete(id: &str) -> Self {
+        Self {
+            method: "DELETE".into(),
+            id: Some(id.into()),
+            content_type: None,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -246,15 +274,26 @@ impl Handler {
         if let Some(b) = &request.body {
             headers.insert("Content-Length".into(), json!([b.len().to_string()]));
         }
+        for (k, v) in &request.headers {
+            headers.insert(k.clone(), json!([v]));
+        }
         headers.insert("Accept".into(), json!(["*/*"]));
         headers.insert("Host".into(), json!(["contoso-outbox.azurewebsites.net"]));
         headers.insert("X-Forwarded-For".into(), json!(["203.0.113.7:51234"]));
+        let path = request.id.as_ref().map_or_else(
+            || "/api/documents".to_owned(),
+            |id| format!("/api/documents/{id}"),
+        );
+        let params = request
+            .id
+            .as_ref()
+            .map_or_else(|| json!({}), |id| json!({ "id": id }));
         let mut req = json!({
-            "Url": "https://contoso-outbox.azurewebsites.net/api/WriteDocumentHttp?tenant=acme",
+            "Url": format!("https://contoso-outbox.azurewebsites.net{path}?tenant=acme"),
             "Method": request.method,
             "Query": { "tenant": "acme" },
             "Headers": headers,
-            "Params": {},
+            "Params": params,
             "Identities": [ { "AuthenticationType": "WebJobsAuthLevel", "IsAuthenticated": true, "Claims": [] } ],
         });
         if let Some(b) = &request.body {

@@ -81,11 +81,20 @@ pub async fn write_documents(
     body: impl Fn(usize) -> String,
 ) -> Vec<String> {
     let db = Arc::new(Db::new(settings.mongodb.clone()));
-    let service = outbox_relay::documents::DocumentService::new(db, &settings.event_type);
+    let service = outbox_relay::documents::DocumentService::new(db, settings.event_types.clone());
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
+        let body = body(i);
         let w = service
-            .create(Some("application/json"), body(i).as_bytes())
+            .write(outbox_relay::documents::WriteRequest {
+                method: outbox_relay::documents::Method::Create,
+                id: None,
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+                if_match: None,
+                if_none_match: None,
+                idempotency_key: None,
+            })
             .await
             .expect("write");
         ids.push(w.event_id.to_string());

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Collection, Database};
-use outbox_relay::config::{Env, MongoSettings};
+use outbox_relay::config::{Env, MongoSettings, PlacementSetting};
+use outbox_relay::db::Placement;
 
 /// Where `make test` tells us the replica set is.
 pub const URI_VAR: &str = "OUTBOX_TEST_MONGODB_URI";
@@ -32,6 +33,7 @@ pub struct TestDb {
     pub name: String,
     pub client: Client,
     pub settings: MongoSettings,
+    pub placement: Placement,
 }
 
 impl TestDb {
@@ -49,14 +51,20 @@ impl TestDb {
             map.insert((*k).into(), (*v).into());
         }
         let settings = MongoSettings::from_env(&Env::from_map(map)).expect("test settings");
+        // A real replica set accepts transactions across collections: `auto` means separate.
+        let placement = match settings.placement {
+            PlacementSetting::Colocated => Placement::Colocated,
+            PlacementSetting::Separate | PlacementSetting::Auto => Placement::Separate,
+        };
         let client = Client::with_uri_str(uri()).await.expect("client");
-        outbox_relay::db::ensure_indexes(&client.database(&name), &settings)
+        outbox_relay::db::ensure_indexes(&client.database(&name), &settings, placement)
             .await
             .expect("ensure_indexes on the test database");
         Self {
             name,
             client,
             settings,
+            placement,
         }
     }
 
@@ -68,16 +76,29 @@ impl TestDb {
         self.db().collection(&self.settings.collection)
     }
 
+    /// Where entries (and idempotency records) live under this test's placement.
     pub fn outbox(&self) -> Collection<Document> {
-        self.db().collection(&self.settings.outbox_collection)
+        match self.placement {
+            Placement::Separate => self.db().collection(&self.settings.outbox_collection),
+            Placement::Colocated => self.documents(),
+        }
     }
 
+    /// Business documents only (not entries or idempotency records beside them).
     pub async fn count_documents(&self) -> u64 {
-        self.documents().count_documents(doc! {}).await.unwrap()
+        self.documents()
+            .count_documents(
+                doc! { "_outbox": { "$exists": false }, "_idempotency": { "$exists": false } },
+            )
+            .await
+            .unwrap()
     }
 
     pub async fn count_entries(&self) -> u64 {
-        self.outbox().count_documents(doc! {}).await.unwrap()
+        self.outbox()
+            .count_documents(doc! { "_outbox": { "$exists": true } })
+            .await
+            .unwrap()
     }
 
     pub async fn count_entries_with(&self, status: &str) -> u64 {
@@ -99,6 +120,13 @@ impl TestDb {
             (
                 "OUTBOX_COLLECTION".into(),
                 self.settings.outbox_collection.clone(),
+            ),
+            (
+                "OUTBOX_PLACEMENT".into(),
+                match self.placement {
+                    Placement::Separate => "separate".into(),
+                    Placement::Colocated => "colocated".into(),
+                },
             ),
         ]
     }
