@@ -55,7 +55,7 @@ outbox-relay is running.
   handler        http://127.0.0.1:$HANDLER_PORT   (drains every 5 s; OUTBOX_SCHEDULE to change)
 
 Write a document:
-  curl -i -X POST http://127.0.0.1:$HANDLER_PORT/api/WriteDocumentHttp \\
+  curl -i -X POST http://127.0.0.1:$HANDLER_PORT/api/documents \\
        -H 'Content-Type: application/json' -d '{"_id":"order-1","total":129.5}'
 
 Watch the event arrive:

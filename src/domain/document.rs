@@ -203,19 +203,29 @@ impl NewDocument {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(InputError::Empty);
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| InputError::MalformedJson {
-            reason: match e.classify() {
-                serde_json::error::Category::Eof => "unexpected end of input",
-                serde_json::error::Category::Syntax if e.to_string().contains("recursion") => {
-                    "nested too deeply"
-                }
-                serde_json::error::Category::Syntax => "syntax error",
-                serde_json::error::Category::Data => "invalid value",
-                serde_json::error::Category::Io => "unreadable input",
-            },
-            line: e.line(),
-            column: e.column(),
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            if e.to_string().starts_with("number out of range") {
+                return InputError::NumberOutOfRange {
+                    path: format!("line {}, column {}", e.line(), e.column()),
+                };
+            }
+            InputError::MalformedJson {
+                reason: match e.classify() {
+                    serde_json::error::Category::Eof => "unexpected end of input",
+                    serde_json::error::Category::Syntax if e.to_string().contains("recursion") => {
+                        "nested too deeply"
+                    }
+                    serde_json::error::Category::Syntax => "syntax error",
+                    serde_json::error::Category::Data => "invalid value",
+                    serde_json::error::Category::Io => "unreadable input",
+                },
+                line: e.line(),
+                column: e.column(),
+            }
         })?;
+        // serde_json turns an integer literal too long for 64 bits into an approximate float;
+        // MongoDB would then store a different number than the client sent.
+        check_integer_literals(body)?;
         let Value::Object(mut fields) = value else {
             return Err(InputError::NotAnObject {
                 found: kind_of(&value),
@@ -281,6 +291,54 @@ impl NewDocument {
     pub fn json(&self) -> &RawValue {
         &self.json
     }
+}
+
+/// Refuses integer literals outside the 64-bit range (in well-formed JSON; strings skipped).
+fn check_integer_literals(body: &[u8]) -> Result<(), InputError> {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < body.len()
+                && matches!(body[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let token = &body[start..i];
+            let is_integer = !token.iter().any(|c| matches!(c, b'.' | b'e' | b'E'));
+            if is_integer
+                && std::str::from_utf8(token)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .is_none()
+            {
+                return Err(InputError::NumberOutOfRange {
+                    path: format!("byte {start}"),
+                });
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -407,10 +465,21 @@ mod tests {
         let d = parse(r#"{"big":9007199254740993,"neg":-9223372036854775808}"#).unwrap();
         assert_eq!(d.bson().get_i64("big").unwrap(), 9_007_199_254_740_993);
         assert_eq!(d.bson().get_i64("neg").unwrap(), i64::MIN);
-        assert!(matches!(
-            parse(r#"{"n":18446744073709551615}"#),
-            Err(InputError::NumberOutOfRange { .. })
-        ));
+        for body in [
+            r#"{"n":18446744073709551615}"#,
+            r#"{"n":-9223372036854775809}"#,
+            r#"{"a":[1,{"b":123456789012345678901234567890}]}"#,
+            r#"{"f":1e400}"#,
+        ] {
+            assert!(
+                matches!(parse(body), Err(InputError::NumberOutOfRange { .. })),
+                "{body}"
+            );
+        }
+        // Digits inside strings, floats and exponents are fine.
+        assert!(
+            parse(r#"{"s":"123456789012345678901234567890","f":1.5e300,"g":-0.0,"k\"":1}"#).is_ok()
+        );
     }
 
     #[test]

@@ -138,6 +138,31 @@ impl From<WriteError> for ApiError {
 }
 
 impl ApiError {
+    /// Every error code the API can answer with, and its status (documented in
+    /// `openapi.yaml`, which a test keeps in sync with this list).
+    pub const CODES: &[(&str, u16)] = &[
+        ("EmptyBody", 400),
+        ("MalformedJson", 400),
+        ("NotAnObject", 400),
+        ("InvalidId", 400),
+        ("InvalidFieldName", 400),
+        ("TooDeep", 400),
+        ("NumberOutOfRange", 400),
+        ("InvalidHeader", 400),
+        ("MissingShardKey", 400),
+        ("UnreadableBody", 400),
+        ("Unauthorized", 401),
+        ("NotFound", 404),
+        ("MethodNotAllowed", 405),
+        ("Conflict", 409),
+        ("PreconditionFailed", 412),
+        ("PayloadTooLarge", 413),
+        ("UnsupportedMediaType", 415),
+        ("IdempotencyKeyReused", 422),
+        ("InternalError", 500),
+        ("ServiceUnavailable", 503),
+    ];
+
     /// Status and error code.
     #[must_use]
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -315,10 +340,19 @@ mod tests {
                 "MethodNotAllowed",
             ),
         ];
+        let mut seen = std::collections::BTreeSet::new();
         for (e, status, code) in cases {
             let (s, c, _) = status_code_body(&e);
             assert_eq!((s, c.as_str()), (status, code), "{e:?}");
+            assert!(
+                ApiError::CODES.contains(&(code, status)),
+                "{code} missing from CODES"
+            );
+            seen.insert(code);
         }
+        let listed: std::collections::BTreeSet<&str> =
+            ApiError::CODES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(seen, listed, "every listed code is produced by some error");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod support;
 
 mod envelope;
 mod lifecycle;
+mod openapi;
 mod relay;
 mod standalone;
 mod write_document;
