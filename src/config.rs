@@ -592,10 +592,10 @@ pub fn functions_port(env: &Env) -> Result<u16, ConfigError> {
     }
 }
 
-/// The log filter (`RUST_LOG`), default `info`.
+/// The log filter (`RUST_LOG`), else `default`.
 #[must_use]
-pub fn log_filter(env: &Env) -> String {
-    env.string_or("RUST_LOG", "info")
+pub fn log_filter(env: &Env, default: &str) -> String {
+    env.string_or("RUST_LOG", default)
 }
 
 /// Shows a secret's length but never its content: for diagnostics.

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use outbox_relay::app::App;
 use outbox_relay::config::{self, Env, MongoSettings, Settings};
+use outbox_relay::domain::EventId;
 use outbox_relay::functions::Mode;
 use outbox_relay::{ops, schedule, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -41,18 +42,36 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum OutboxCommand {
-    /// Entries by state and the age of the oldest pending one.
+    /// Entries by state, the age of the oldest pending one, the oldest dead letters.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Make dead-lettered entries pending again (attempts reset; history kept).
+    Requeue {
+        /// Event id of a dead letter (repeatable).
+        #[arg(
+            long = "id",
+            required_unless_present = "all_dead",
+            conflicts_with = "all_dead"
+        )]
+        ids: Vec<uuid::Uuid>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_dead: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::process();
-    telemetry::init(&config::log_filter(&env));
+    match cli.command {
+        Some(Command::Outbox { .. }) => {
+            telemetry::init(&config::log_filter(&env, "warn"), telemetry::Output::Stderr);
+        }
+        _ => telemetry::init(&config::log_filter(&env, "info"), telemetry::Output::Split),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,14 +113,25 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             command: OutboxCommand::Status { json },
         }) => {
             let settings = MongoSettings::from_env(env)?;
-            let counts = ops::status(settings)
+            let status = ops::status(settings)
                 .await
                 .context("cannot read the outbox")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&counts)?);
+                println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", ops::render_status(&counts));
+                print!("{}", ops::render_status(&status));
             }
+            Ok(())
+        }
+        Some(Command::Outbox {
+            command: OutboxCommand::Requeue { ids, all_dead },
+        }) => {
+            let settings = MongoSettings::from_env(env)?;
+            let ids: Vec<EventId> = ids.into_iter().map(EventId::from_uuid).collect();
+            let n = ops::requeue(settings, (!all_dead).then_some(ids.as_slice()))
+                .await
+                .context("cannot requeue")?;
+            println!("requeued {n} dead-lettered entries");
             Ok(())
         }
     }

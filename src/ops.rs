@@ -1,28 +1,71 @@
-//! Operator commands (`handler outbox …`): read the outbox state from the database.
+//! Operator commands (`handler outbox …`): inspect the outbox and requeue dead letters. They
+//! need only the `MONGODB_*` / `OUTBOX_*` placement settings.
 
 use chrono::Utc;
+use serde::Serialize;
 
 use crate::config::MongoSettings;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Placement};
+use crate::domain::EventId;
 use crate::outbox::OutboxCounts;
-use crate::outbox::store::OutboxStore;
+use crate::outbox::store::{DeadLetter, OutboxStore};
 
-/// Counts entries by state.
+/// Dead letters listed by `status`.
+const DEAD_LETTERS_SHOWN: i64 = 20;
+
+/// What `handler outbox status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Where the entries live.
+    pub placement: Placement,
+    /// The collection holding them.
+    pub entries_collection: String,
+    /// Counts by state.
+    #[serde(flatten)]
+    pub counts: OutboxCounts,
+    /// The oldest dead letters (at most 20).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+async fn store(settings: MongoSettings) -> Result<(OutboxStore, Placement, String), DbError> {
+    let db = Db::new(settings);
+    let ready = db.ready().await?;
+    Ok((
+        OutboxStore::new(&ready.database, &ready.entries_collection),
+        ready.placement,
+        ready.entries_collection,
+    ))
+}
+
+/// Counts entries by state and lists the oldest dead letters.
 ///
 /// # Errors
 /// When the database cannot be reached.
-pub async fn status(settings: MongoSettings) -> Result<OutboxCounts, DbError> {
-    let collection = settings.outbox_collection.clone();
-    let db = Db::new(settings);
-    let database = db.client().await?.database(&db.settings().database);
-    OutboxStore::new(&database, &collection)
-        .counts(Utc::now())
-        .await
+pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
+    let (store, placement, entries_collection) = store(settings).await?;
+    let counts = store.counts(Utc::now()).await?;
+    let dead_letters = store.dead_letters(DEAD_LETTERS_SHOWN).await?;
+    Ok(Status {
+        placement,
+        entries_collection,
+        counts,
+        dead_letters,
+    })
 }
 
-/// The counts as text for a terminal.
+/// Makes dead-lettered entries pending again (all of them with `ids: None`). Returns how many.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result<u64, DbError> {
+    let (store, _, _) = store(settings).await?;
+    store.requeue_dead(ids, Utc::now()).await
+}
+
+/// The status as text for a terminal.
 #[must_use]
-pub fn render_status(c: &OutboxCounts) -> String {
+pub fn render_status(s: &Status) -> String {
+    let c = &s.counts;
     let lag = c.oldest_pending_created_at.map_or_else(
         || "none".to_owned(),
         |t| {
@@ -33,8 +76,23 @@ pub fn render_status(c: &OutboxCounts) -> String {
             )
         },
     );
-    format!(
-        "pending:      {}\n  due now:    {}\npublished:    {}\ndead:         {}\noldest pending written: {lag}\n",
-        c.pending, c.due, c.published, c.dead
-    )
+    let mut out = format!(
+        "entries in {} ({:?} placement)\npending:      {}\n  due now:    {}\npublished:    {}\ndead:         {}\noldest pending written: {lag}\n",
+        s.entries_collection, s.placement, c.pending, c.due, c.published, c.dead
+    );
+    if !s.dead_letters.is_empty() {
+        out.push_str("\ndead letters (oldest first):\n");
+        for d in &s.dead_letters {
+            out.push_str(&format!(
+                "  {}  {}  attempts {}  {}{}\n",
+                d.id,
+                d.subject,
+                d.attempts,
+                d.status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
+                d.reason
+            ));
+        }
+        out.push_str("requeue with: handler outbox requeue --id <id> | --all-dead\n");
+    }
+    out
 }

@@ -9,16 +9,29 @@ use tracing::Level;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Serving: errors to stderr, the rest to stdout (what the Functions host expects).
+    Split,
+    /// Operator commands: everything to stderr, so stdout carries only the command's output.
+    Stderr,
+}
+
 /// Installs the global subscriber with the `RUST_LOG`-style `filter`.
 ///
 /// A bad filter falls back to `info` and says so, rather than running without logs.
-pub fn init(filter: &str) {
+pub fn init(filter: &str, output: Output) {
     let (env_filter, bad) = match EnvFilter::try_new(filter) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
+    let max_to_stderr = match output {
+        Output::Split => Level::ERROR,
+        Output::Stderr => Level::TRACE,
+    };
     let writer = std::io::stderr
-        .with_max_level(Level::ERROR)
+        .with_max_level(max_to_stderr)
         .or_else(std::io::stdout);
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()

@@ -223,6 +223,28 @@ impl ClaimRow {
     }
 }
 
+/// A dead-lettered entry, as `handler outbox status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The entry's (and event's) id.
+    #[serde(serialize_with = "display")]
+    pub id: EventId,
+    /// The event's subject.
+    pub subject: String,
+    /// Failed publishes.
+    pub attempts: u32,
+    /// When it was dead-lettered.
+    pub dead_at: Option<DateTime<Utc>>,
+    /// The last error's message.
+    pub reason: String,
+    /// The last error's HTTP status, if any.
+    pub status: Option<u16>,
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// Outbox entries in one collection.
 #[derive(Debug, Clone)]
 pub struct OutboxStore {
@@ -476,6 +498,92 @@ impl OutboxStore {
             .entries
             .count_documents(doc! { field::STATUS: EntryStatus::Pending.as_str() })
             .await?)
+    }
+
+    /// Gives dead-lettered entries another chance: pending again, due now, attempts reset to
+    /// 0. Their last error and history are kept. `ids: None` requeues every dead entry.
+    /// Returns how many were requeued.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn requeue_dead(
+        &self,
+        ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let mut filter = doc! { field::STATUS: EntryStatus::Dead.as_str() };
+        if let Some(ids) = ids {
+            filter.insert("_id", doc! { "$in": ids_bson(ids) });
+        }
+        let r = self
+            .entries
+            .update_many(
+                filter,
+                doc! {
+                    "$set": {
+                        field::STATUS: EntryStatus::Pending.as_str(),
+                        field::DUE_AT: bson_time(now),
+                        field::ATTEMPTS: 0_i32,
+                        field::LEASE_TOKEN: Bson::Null,
+                        "_outbox.requeued_at": bson_time(now),
+                    },
+                    "$unset": { field::DEAD_AT: "" },
+                },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
+    /// The dead-lettered entries, oldest first, at most `limit`: id, subject, attempts and the
+    /// last error, for an operator deciding what to requeue.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+        let rows: Vec<Document> = self
+            .entries
+            .find(doc! { field::STATUS: EntryStatus::Dead.as_str() })
+            .sort(doc! { field::STATUS: 1, field::DUE_AT: 1 })
+            .limit(limit)
+            .projection(doc! {
+                "_id": 1,
+                "_outbox.event.subject": 1,
+                field::ATTEMPTS: 1,
+                field::DEAD_AT: 1,
+                field::LAST_ERROR: 1,
+            })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|d| {
+                let Some(Bson::Binary(b)) = d.get("_id") else {
+                    return None;
+                };
+                let id = Uuid::from_slice(&b.bytes).ok()?;
+                let state = d.get_document(ROOT).ok()?;
+                let last = state.get_document("last_error").ok();
+                Some(DeadLetter {
+                    id: EventId::from_uuid(id),
+                    subject: state
+                        .get_document("event")
+                        .ok()
+                        .and_then(|e| e.get_str("subject").ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    attempts: u32::try_from(state.get_i32("attempts").unwrap_or(0)).unwrap_or(0),
+                    dead_at: state.get_datetime("dead_at").ok().map(|t| chrono_time(*t)),
+                    reason: last
+                        .and_then(|l| l.get_str("message").ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    status: last
+                        .and_then(|l| l.get_i32("status").ok())
+                        .and_then(|s| u16::try_from(s).ok()),
+                })
+            })
+            .collect())
     }
 
     /// Counts entries by state, from the claim index.

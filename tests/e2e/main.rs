@@ -16,6 +16,7 @@ mod support;
 mod envelope;
 mod lifecycle;
 mod openapi;
+mod ops;
 mod relay;
 mod standalone;
 mod write_document;
