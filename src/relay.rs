@@ -146,6 +146,8 @@ impl RelayReport {
 
 #[derive(Debug, Default)]
 struct BatchReport {
+    /// Ranges Event Grid accepted, marked published together when the batch ends.
+    accepted: Vec<Range<usize>>,
     published: u64,
     rescheduled: u64,
     dead_lettered: u64,
@@ -168,6 +170,8 @@ struct InFlight {
     publisher: Publisher,
     settings: RelaySettings,
     token: ClaimToken,
+    /// End of the claim's lease.
+    lease_until: DateTime<Utc>,
     /// No request may end after this: the earlier of the lease's end (minus a margin) and the
     /// run's deadline.
     deadline: Instant,
@@ -340,6 +344,7 @@ impl Relay {
             publisher: self.publisher.clone(),
             settings: self.settings.clone(),
             token: claim.token,
+            lease_until: claim.lease_until,
             deadline: run_deadline.min(Instant::now() + lease_left),
             entries: claim.entries,
             rendered,
@@ -390,7 +395,47 @@ impl InFlight {
                 }
             }
         }
+        self.mark_accepted(&mut report).await;
         report
+    }
+
+    /// Marks what Event Grid accepted as published: the whole claim in one range update when
+    /// everything was accepted (the common case), else by id. Done once per batch, after its
+    /// last request; a crash before it means those events are published again later.
+    async fn mark_accepted(&self, report: &mut BatchReport) {
+        let accepted: usize = report.accepted.iter().map(ExactSizeIterator::len).sum();
+        if accepted == 0 {
+            return;
+        }
+        let now = Utc::now();
+        let (expected, marked) = if accepted == self.entries.len() {
+            (
+                accepted,
+                self.store
+                    .mark_claim_published(self.token, self.lease_until, now)
+                    .await,
+            )
+        } else {
+            let ids: Vec<EventId> = report
+                .accepted
+                .iter()
+                .flat_map(|r| self.ids(r.clone()))
+                .collect();
+            (ids.len(), self.store.mark_published(self.token, &ids, now).await)
+        };
+        match marked {
+            Ok(n) => {
+                report.published += n;
+                if n < expected as u64 {
+                    tracing::warn!(
+                        expected,
+                        marked = n,
+                        "Some published entries had been claimed by another relay after our lease ran out; they may be published again"
+                    );
+                }
+            }
+            Err(e) => self.record_failed(report, &e, "mark entries published"),
+        }
     }
 
     /// Publishes one request (with quick retries) and records the outcome.
@@ -410,7 +455,7 @@ impl InFlight {
             report.requests += 1;
             match self.publisher.send(body).await {
                 Outcome::Published => {
-                    self.mark_published(range, report).await;
+                    report.accepted.push(range);
                     return Sent::Done;
                 }
                 Outcome::Rejected { failure } if range.len() > 1 => {
@@ -465,27 +510,6 @@ impl InFlight {
                     return Sent::Done;
                 }
             }
-        }
-    }
-
-    async fn mark_published(&self, range: Range<usize>, report: &mut BatchReport) {
-        let ids = self.ids(range);
-        match self
-            .store
-            .mark_published(self.token, &ids, Utc::now())
-            .await
-        {
-            Ok(n) => {
-                report.published += n;
-                if n < ids.len() as u64 {
-                    tracing::warn!(
-                        expected = ids.len(),
-                        marked = n,
-                        "Some published entries had been claimed by another relay after our lease ran out; they may be published again"
-                    );
-                }
-            }
-            Err(e) => self.record_failed(report, &e, "mark entries published"),
         }
     }
 

@@ -248,15 +248,31 @@ fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S:
 /// Outbox entries in one collection.
 #[derive(Debug, Clone)]
 pub struct OutboxStore {
+    /// For the relay's state changes: acknowledged by the primary, not waiting for the journal
+    /// or a majority. Losing one of these writes (crash, failover rollback) can only make an
+    /// entry be claimed, or published, again — a duplicate, never a loss — and not waiting for
+    /// a journal flush per batch is what lets one relay claim tens of thousands of entries a
+    /// second.
     entries: Collection<Document>,
+    /// For inserts inside the write's transaction, which has its own (majority) write concern.
+    in_transaction: Collection<Document>,
 }
 
 impl OutboxStore {
     /// The entries in `collection` of `db`.
     #[must_use]
     pub fn new(db: &Database, collection: &str) -> Self {
+        let relaxed = mongodb::options::CollectionOptions::builder()
+            .write_concern(
+                mongodb::options::WriteConcern::builder()
+                    .w(mongodb::options::Acknowledgment::Nodes(1))
+                    .journal(false)
+                    .build(),
+            )
+            .build();
         Self {
-            entries: db.collection(collection),
+            entries: db.collection_with_options(collection, relaxed),
+            in_transaction: db.collection(collection),
         }
     }
 
@@ -270,7 +286,10 @@ impl OutboxStore {
         entry: &Document,
         session: &mut ClientSession,
     ) -> mongodb::error::Result<()> {
-        self.entries.insert_one(entry).session(session).await?;
+        self.in_transaction
+            .insert_one(entry)
+            .session(session)
+            .await?;
         Ok(())
     }
 
@@ -291,68 +310,79 @@ impl OutboxStore {
     ) -> Result<Claim, DbError> {
         let token = ClaimToken::new();
         let lease_until = now + duration_chrono(lease);
+        let held_until = bson_time(lease_until);
         let due = doc! {
             field::STATUS: EntryStatus::Pending.as_str(),
             field::DUE_AT: { "$lte": bson_time(now) },
         };
-        // Read the candidates (with their events: an event never changes, so reading it before
-        // the claim is safe), then take them with one conditional update. Someone else may take
-        // some in between; the condition makes sure we do not take those too.
-        let rows: Vec<ClaimRow> = self
+        let take = doc! {
+            "$set": { field::DUE_AT: held_until, field::LEASE_TOKEN: token.bson() },
+            "$inc": { field::CLAIMS: 1 },
+        };
+        // 1. The `due_at` of the limit-th due entry, read from the claim index alone.
+        let cutoff = self
             .entries
-            .clone_with_type::<ClaimRow>()
-            .find(due.clone())
+            .find_one(due.clone())
             .sort(doc! { field::STATUS: 1, field::DUE_AT: 1 })
-            .limit(i64::from(limit))
-            .projection(doc! { "_id": 1, "_outbox.attempts": 1, "_outbox.event": 1 })
+            .skip(u64::from(limit.saturating_sub(1)))
+            .projection(doc! { "_id": 0, field::STATUS: 1, field::DUE_AT: 1 })
             .await?
-            .try_collect()
-            .await?;
-        if rows.is_empty() {
+            .and_then(|d| d.get_document(ROOT).ok()?.get_datetime("due_at").ok().copied());
+        // 2. Take every due entry before the cutoff (or all of them, if fewer are due) with one
+        //    conditional update over an index range. Each entry is taken by one claim only:
+        //    the server evaluates the condition per document, and a taken entry's `due_at`
+        //    has moved to the end of its lease.
+        let mut filter = due.clone();
+        if let Some(c) = cutoff {
+            filter.insert(field::DUE_AT, doc! { "$lt": c });
+        }
+        let mut taken = self.entries.update_many(filter, take.clone()).await?.modified_count;
+        let mut contended = 0;
+        if let Some(c) = cutoff
+            && taken < u64::from(limit)
+        {
+            // Top up from the entries due exactly at the cutoff, by id, so a claim takes
+            // `limit` entries even when many share one millisecond.
+            let want = u64::from(limit) - taken;
+            let mut at_cutoff = due;
+            at_cutoff.insert(field::DUE_AT, c);
+            let ids: Vec<Bson> = self
+                .entries
+                .find(at_cutoff.clone())
+                .limit(i64::try_from(want).unwrap_or(i64::MAX))
+                .projection(doc! { "_id": 1 })
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await?
+                .into_iter()
+                .filter_map(|d| d.get("_id").cloned())
+                .collect();
+            if !ids.is_empty() {
+                at_cutoff.insert("_id", doc! { "$in": &ids });
+                let more = self.entries.update_many(at_cutoff, take).await?.modified_count;
+                contended = ids.len().saturating_sub(usize::try_from(more).unwrap_or(0));
+                taken += more;
+            }
+        }
+        if taken == 0 {
             return Ok(Claim {
                 token,
                 lease_until,
                 entries: Vec::new(),
-                contended: 0,
+                contended,
             });
         }
-        let ids: Vec<Bson> = rows.iter().map(|r| Bson::Binary(r.id.clone())).collect();
-        let mut filter = due;
-        filter.insert("_id", doc! { "$in": &ids });
-        let result = self
+        // 3. Read what this claim holds: the entries whose `due_at` is exactly the end of this
+        //    lease (an index range) and whose token is ours.
+        let rows: Vec<ClaimRow> = self
             .entries
-            .update_many(
-                filter,
-                doc! {
-                    "$set": {
-                        field::DUE_AT: bson_time(lease_until),
-                        field::LEASE_TOKEN: token.bson(),
-                    },
-                    "$inc": { field::CLAIMS: 1 },
-                },
-            )
+            .clone_with_type::<ClaimRow>()
+            .find(Self::held(token, held_until))
+            .sort(doc! { field::STATUS: 1, field::DUE_AT: 1 })
+            .projection(doc! { "_id": 1, "_outbox.attempts": 1, "_outbox.event": 1 })
+            .await?
+            .try_collect()
             .await?;
-        let mut rows = rows;
-        let candidates = rows.len();
-        if usize::try_from(result.modified_count).unwrap_or(usize::MAX) < candidates {
-            // Contended: find out which ones are ours.
-            let ours: Vec<Document> = self
-                .entries
-                .find(doc! { "_id": { "$in": ids }, field::LEASE_TOKEN: token.bson() })
-                .projection(doc! { "_id": 1 })
-                .await?
-                .try_collect()
-                .await?;
-            let ours: std::collections::HashSet<Vec<u8>> = ours
-                .iter()
-                .filter_map(|d| match d.get("_id") {
-                    Some(Bson::Binary(b)) => Some(b.bytes.clone()),
-                    _ => None,
-                })
-                .collect();
-            rows.retain(|r| ours.contains(&r.id.bytes));
-        }
-        let contended = candidates - rows.len();
         let entries: Vec<ClaimedEntry> =
             rows.into_iter().filter_map(ClaimRow::into_entry).collect();
         tracing::debug!(
@@ -367,6 +397,39 @@ impl OutboxStore {
             entries,
             contended,
         })
+    }
+
+    /// Entries still held by a claim: pending, due at the end of its lease, with its token.
+    fn held(token: ClaimToken, lease_until: bson::DateTime) -> Document {
+        doc! {
+            field::STATUS: EntryStatus::Pending.as_str(),
+            field::DUE_AT: lease_until,
+            field::LEASE_TOKEN: token.bson(),
+        }
+    }
+
+    /// Marks published every entry the claim still holds — for a claim whose entries were all
+    /// published. One update over an index range instead of a list of ids. Returns how many.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn mark_claim_published(
+        &self,
+        token: ClaimToken,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let r = self
+            .entries
+            .update_many(
+                Self::held(token, bson_time(lease_until)),
+                doc! { "$set": {
+                    field::STATUS: EntryStatus::Published.as_str(),
+                    field::PUBLISHED_AT: bson_time(now),
+                } },
+            )
+            .await?;
+        Ok(r.modified_count)
     }
 
     fn fenced(token: ClaimToken, ids: &[EventId]) -> Document {
@@ -395,10 +458,10 @@ impl OutboxStore {
             .entries
             .update_many(
                 Self::fenced(token, ids),
+                // The lease token stays: it records which claim published the entry.
                 doc! { "$set": {
                     field::STATUS: EntryStatus::Published.as_str(),
                     field::PUBLISHED_AT: bson_time(now),
-                    field::LEASE_TOKEN: Bson::Null,
                 } },
             )
             .await?;
@@ -711,16 +774,29 @@ async fn ensure_ttl(
     after: Duration,
     what: &str,
 ) -> Result<(), DbError> {
-    let ttl = IndexModel::builder()
-        .keys(doc! { path: 1 })
-        .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .expire_after(after)
-                .build(),
-        )
-        .build();
-    match entries.create_index(ttl).await {
+    // Sparse: only documents that have the field (published entries, idempotency records)
+    // are in the index, so writing a pending entry or a document costs it nothing.
+    let ttl = |sparse: bool| {
+        IndexModel::builder()
+            .keys(doc! { path: 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(name.to_owned())
+                    .expire_after(after)
+                    .sparse(sparse)
+                    .build(),
+            )
+            .build()
+    };
+    let mut made = entries.create_index(ttl(true)).await;
+    if let Err(e) = &made
+        && !matches!(error_code(e), Some(85 | 86))
+        && !classify_ref_retryable(e)
+    {
+        // A server without sparse TTL indexes: a plain one works too.
+        made = entries.create_index(ttl(false)).await;
+    }
+    match made {
         Ok(_) => {}
         // The index exists with another expiry: change it in place.
         Err(e) if matches!(error_code(&e), Some(85 | 86)) => {
