@@ -117,9 +117,10 @@ pub fn classify(e: mongodb::error::Error) -> DbError {
     {
         return DbError::Unavailable(e);
     }
-    // Cosmos DB reports an expired transaction as code 2 "Transaction isn't active".
+    // Cosmos DB reports an expired transaction as code 2 "Transaction isn't active" (or "is
+    // not active"); code 2 alone means BadValue, so the text decides.
     if code.is_some_and(|c| TRANSIENT_CODES.contains(&c))
-        || (code == Some(2) && message_of(&e).contains("Transaction isn't active"))
+        || is_transaction_not_active(&e)
         || e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
     {
         return DbError::Transient(e);
@@ -142,6 +143,16 @@ pub fn classify(e: mongodb::error::Error) -> DbError {
         };
     }
     DbError::Other(e)
+}
+
+/// Is this Cosmos DB's "Transaction isn't active" (code 2)? It means the transaction passed
+/// Cosmos DB's 5-second limit — or, on an RU account, that it touched a second collection.
+#[must_use]
+pub fn is_transaction_not_active(e: &mongodb::error::Error) -> bool {
+    let message = message_of(e);
+    error_code(e) == Some(2)
+        && (message.contains("Transaction isn't active")
+            || message.contains("Transaction is not active"))
 }
 
 /// The server's error code, from a command error or a write error.
@@ -352,8 +363,11 @@ async fn resolve_placement(
             Ok(Placement::Separate)
         }
         Err(e) => {
+            // Cosmos DB RU refuses the second collection with "Transaction isn't active": that
+            // is the answer, not a transient failure.
+            let refused = is_transaction_not_active(&e);
             let e = classify(e);
-            if e.is_retryable() {
+            if e.is_retryable() && !refused {
                 return Err(e);
             }
             tracing::info!(

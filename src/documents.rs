@@ -36,6 +36,10 @@ use crate::outbox::store::{self, OutboxStore};
 /// whitespace-heavy bodies reach the exact event check.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// A transaction refused as "not active" sooner than this cannot have hit Cosmos DB's
+/// 5-second limit.
+const CROSS_COLLECTION_HINT_BEFORE: Duration = Duration::from_secs(4);
+
 /// Version written into each event's `dataVersion`.
 pub const DATA_VERSION: &str = "1.0";
 
@@ -220,6 +224,7 @@ impl DocumentService {
         let mut context = (txn, plan);
         let outcome = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt_started = Instant::now();
             let attempt = tokio::time::timeout(remaining, run(&client, &mut context)).await;
             match attempt {
                 Err(_elapsed) => break Err(unavailable(None)),
@@ -227,6 +232,19 @@ impl DocumentService {
                 Ok(Err(e)) => {
                     if let Some(refusal) = e.get_custom::<Refusal>() {
                         break Err(refusal_error(*refusal, &context.1.id));
+                    }
+                    // "Transaction isn't active" long before Cosmos DB's 5-second limit, with
+                    // the entry in another collection: this is a Cosmos DB RU account refusing
+                    // a transaction across collections. A setup problem, not a transient one.
+                    if ready.placement == Placement::Separate
+                        && crate::db::is_transaction_not_active(&e)
+                        && attempt_started.elapsed() < CROSS_COLLECTION_HINT_BEFORE
+                    {
+                        tracing::error!(
+                            error = %crate::telemetry::chain(&e),
+                            "The database refused a transaction across the documents' and the outbox collections: this looks like Azure Cosmos DB for MongoDB (RU), which allows transactions inside one collection only. Set OUTBOX_PLACEMENT=colocated (or auto)"
+                        );
+                        break Err(WriteError::Internal(DbError::Other(e)));
                     }
                     let e = crate::db::classify(e);
                     match e {

@@ -13,6 +13,7 @@
 
 mod support;
 
+mod cosmos;
 mod envelope;
 mod lifecycle;
 mod openapi;
