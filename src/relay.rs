@@ -421,7 +421,10 @@ impl InFlight {
                 .iter()
                 .flat_map(|r| self.ids(r.clone()))
                 .collect();
-            (ids.len(), self.store.mark_published(self.token, &ids, now).await)
+            (
+                ids.len(),
+                self.store.mark_published(self.token, &ids, now).await,
+            )
         };
         match marked {
             Ok(n) => {

@@ -327,7 +327,13 @@ impl OutboxStore {
             .skip(u64::from(limit.saturating_sub(1)))
             .projection(doc! { "_id": 0, field::STATUS: 1, field::DUE_AT: 1 })
             .await?
-            .and_then(|d| d.get_document(ROOT).ok()?.get_datetime("due_at").ok().copied());
+            .and_then(|d| {
+                d.get_document(ROOT)
+                    .ok()?
+                    .get_datetime("due_at")
+                    .ok()
+                    .copied()
+            });
         // 2. Take every due entry before the cutoff (or all of them, if fewer are due) with one
         //    conditional update over an index range. Each entry is taken by one claim only:
         //    the server evaluates the condition per document, and a taken entry's `due_at`
@@ -336,7 +342,11 @@ impl OutboxStore {
         if let Some(c) = cutoff {
             filter.insert(field::DUE_AT, doc! { "$lt": c });
         }
-        let mut taken = self.entries.update_many(filter, take.clone()).await?.modified_count;
+        let mut taken = self
+            .entries
+            .update_many(filter, take.clone())
+            .await?
+            .modified_count;
         let mut contended = 0;
         if let Some(c) = cutoff
             && taken < u64::from(limit)
@@ -359,7 +369,11 @@ impl OutboxStore {
                 .collect();
             if !ids.is_empty() {
                 at_cutoff.insert("_id", doc! { "$in": &ids });
-                let more = self.entries.update_many(at_cutoff, take).await?.modified_count;
+                let more = self
+                    .entries
+                    .update_many(at_cutoff, take)
+                    .await?
+                    .modified_count;
                 contended = ids.len().saturating_sub(usize::try_from(more).unwrap_or(0));
                 taken += more;
             }
