@@ -33,7 +33,11 @@
 //! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay |
 //! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL) |
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
-//! | `EVENTGRID_TOPIC_KEY` | — (required) | topic access key (secret), sent as `aeg-sas-key` |
+//! | `EVENTGRID_TOPIC_KEY` | — | topic access key (secret), sent as `aeg-sas-key`; without it, Entra ID |
+//! | `EVENTGRID_CREDENTIAL` | `managed-identity` | Entra ID credential: `managed-identity` or `developer` (Azure CLI / azd) |
+//! | `EVENTGRID_CLIENT_ID` | — | client id of a user-assigned managed identity |
+//! | `EVENTGRID_SCHEMA` | `eventgrid` | the topic's input schema: `eventgrid` or `cloudevents` |
+//! | `EVENTGRID_SOURCE` | `/outbox-relay` | CloudEvents `source` prefix (`<prefix>/<collection>`) |
 //! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request |
 //! | `EVENTGRID_PUBLISH_RETRIES` | `3` | quick retries of a failed request inside one run (0–3) |
 //! | `RUST_LOG` | `info` | log filter |
@@ -290,13 +294,49 @@ fn check_name(setting: &'static str, name: &str, forbidden: &[char]) -> Result<(
     Ok(())
 }
 
+/// The input schema of the topic (a property of the topic in Azure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSchema {
+    /// Event Grid schema (`application/json`), the default.
+    EventGrid,
+    /// CloudEvents 1.0 (`application/cloudevents-batch+json; charset=utf-8`).
+    CloudEvents,
+}
+
+/// How to authenticate to the topic.
+#[derive(Debug, Clone)]
+pub enum EventGridAuth {
+    /// The topic access key, sent as `aeg-sas-key`.
+    Key(SecretString),
+    /// Microsoft Entra ID: a bearer token for `https://eventgrid.azure.net/.default`.
+    EntraId {
+        /// Which credential gets the token.
+        credential: CredentialKind,
+        /// Client id of a user-assigned managed identity (`EVENTGRID_CLIENT_ID`).
+        client_id: Option<String>,
+    },
+}
+
+/// Where Entra ID tokens come from (`EVENTGRID_CREDENTIAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// The Function App's managed identity (App Service / IMDS endpoint).
+    ManagedIdentity,
+    /// The developer's signed-in Azure CLI / Azure Developer CLI, for local runs.
+    Developer,
+}
+
 /// How to reach the Event Grid topic.
 #[derive(Debug, Clone)]
 pub struct EventGridSettings {
     /// The whole topic endpoint (`https://…/api/events`), without `api-version`.
     pub endpoint: Url,
-    /// Topic access key.
-    pub key: SecretString,
+    /// Key or Entra ID.
+    pub auth: EventGridAuth,
+    /// Event Grid or CloudEvents schema.
+    pub schema: EventSchema,
+    /// CloudEvents `source` prefix; an event's source is `<prefix>/<collection>`.
+    pub source: String,
     /// Timeout of one publish request.
     pub publish_timeout: Duration,
     /// Quick retries of a transiently failed request inside one run, before the failure is
@@ -307,24 +347,61 @@ pub struct EventGridSettings {
 impl EventGridSettings {
     /// Reads `EVENTGRID_*`.
     ///
+    /// Without `EVENTGRID_TOPIC_KEY`, Microsoft Entra ID is used; the managed identity
+    /// credential then reads the endpoint the platform provides (`IDENTITY_ENDPOINT` /
+    /// `IDENTITY_HEADER` on App Service, or IMDS) itself.
+    ///
     /// # Errors
-    /// A missing endpoint or key, a URL that is not https (plain http is accepted only for
-    /// loopback hosts), a bad timeout.
+    /// A missing endpoint, a URL that is not https (plain http is accepted only for loopback
+    /// hosts), a bad timeout, schema or credential name.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw = env.required("EVENTGRID_TOPIC_ENDPOINT")?;
         let endpoint = parse_endpoint(&raw)?;
-        let key = env.get("EVENTGRID_TOPIC_KEY").ok_or_else(|| {
-            ConfigError::new(
-                "EVENTGRID_TOPIC_KEY",
-                "is required: this version authenticates to Event Grid with the topic access key",
-            )
-        })?;
-        if key.chars().any(|c| c.is_control()) {
-            return Err(ConfigError::new(
-                "EVENTGRID_TOPIC_KEY",
-                "contains control characters",
-            ));
-        }
+        let auth = match env.get("EVENTGRID_TOPIC_KEY") {
+            Some(key) => {
+                if key.chars().any(char::is_control) {
+                    return Err(ConfigError::new(
+                        "EVENTGRID_TOPIC_KEY",
+                        "contains control characters",
+                    ));
+                }
+                EventGridAuth::Key(SecretString::from(key))
+            }
+            None => {
+                let credential = match env
+                    .string_or("EVENTGRID_CREDENTIAL", "managed-identity")
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "managed-identity" | "managed_identity" => CredentialKind::ManagedIdentity,
+                    "developer" => CredentialKind::Developer,
+                    other => {
+                        return Err(ConfigError::new(
+                            "EVENTGRID_CREDENTIAL",
+                            format!("must be managed-identity or developer, got {other:?}"),
+                        ));
+                    }
+                };
+                EventGridAuth::EntraId {
+                    credential,
+                    client_id: env.get("EVENTGRID_CLIENT_ID"),
+                }
+            }
+        };
+        let schema = match env
+            .string_or("EVENTGRID_SCHEMA", "eventgrid")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "eventgrid" | "event-grid" => EventSchema::EventGrid,
+            "cloudevents" | "cloudevents-1.0" => EventSchema::CloudEvents,
+            other => {
+                return Err(ConfigError::new(
+                    "EVENTGRID_SCHEMA",
+                    format!("must be eventgrid or cloudevents, got {other:?}"),
+                ));
+            }
+        };
         let publish_retries: u32 =
             env.parse_or("EVENTGRID_PUBLISH_RETRIES", 3, "a whole number from 0 to 3")?;
         if publish_retries > 3 {
@@ -333,9 +410,18 @@ impl EventGridSettings {
                 "must be at most 3 (Event Grid's guidance); persisted backoff handles the rest",
             ));
         }
+        let source = env.string_or("EVENTGRID_SOURCE", "/outbox-relay");
+        if source.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::new(
+                "EVENTGRID_SOURCE",
+                "must be a URI reference without spaces",
+            ));
+        }
         Ok(Self {
             endpoint,
-            key: SecretString::from(key),
+            auth,
+            schema,
+            source: source.trim_end_matches('/').to_owned(),
             publish_timeout: env.millis_or("EVENTGRID_PUBLISH_TIMEOUT_MS", 30_000)?,
             publish_retries,
         })
@@ -661,11 +747,7 @@ mod tests {
 
     #[test]
     fn missing_required_settings_are_named() {
-        for name in [
-            "MONGODB_URI",
-            "EVENTGRID_TOPIC_ENDPOINT",
-            "EVENTGRID_TOPIC_KEY",
-        ] {
+        for name in ["MONGODB_URI", "EVENTGRID_TOPIC_ENDPOINT"] {
             let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
             let e = Settings::from_env(&env(&pairs)).unwrap_err();
             assert_eq!(e.setting, name);
@@ -698,10 +780,40 @@ mod tests {
             ("OUTBOX_EVENT_TYPE_PREFIX", "has space"),
             ("STANDALONE_BIND", "0.0.0.0"),
             ("STANDALONE_BIND", "localhost:80"),
+            ("EVENTGRID_SCHEMA", "xml"),
         ] {
             let e = err(&[(name, value)]);
             assert_eq!(e.setting, name, "{name}={value}: {e}");
         }
+    }
+
+    #[test]
+    fn without_a_key_entra_id_is_used() {
+        let pairs: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "EVENTGRID_TOPIC_KEY")
+            .chain([
+                ("EVENTGRID_CLIENT_ID", "cid"),
+                ("EVENTGRID_SCHEMA", "cloudevents"),
+            ])
+            .collect();
+        let s = Settings::from_env(&env(&pairs)).unwrap();
+        assert!(matches!(
+            s.eventgrid.auth,
+            EventGridAuth::EntraId { credential: CredentialKind::ManagedIdentity, client_id: Some(ref c) } if c == "cid"
+        ));
+        assert_eq!(s.eventgrid.schema, EventSchema::CloudEvents);
+        let bad: Vec<_> = pairs
+            .iter()
+            .copied()
+            .chain([("EVENTGRID_CREDENTIAL", "password")])
+            .collect();
+        let e = Settings::from_env(&env(&bad)).unwrap_err();
+        assert_eq!(e.setting, "EVENTGRID_CREDENTIAL");
+        let with_key = Settings::from_env(&with(&[])).unwrap();
+        assert!(matches!(with_key.eventgrid.auth, EventGridAuth::Key(_)));
+        assert_eq!(with_key.eventgrid.schema, EventSchema::EventGrid);
     }
 
     #[test]

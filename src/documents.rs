@@ -81,6 +81,8 @@ pub struct WriteRequest<'a> {
     pub if_none_match: Option<&'a str>,
     /// `Idempotency-Key`.
     pub idempotency_key: Option<&'a str>,
+    /// W3C `traceparent` of the request, carried into CloudEvents.
+    pub traceparent: Option<&'a str>,
 }
 
 /// A write that committed (or the replay of one).
@@ -160,6 +162,7 @@ struct Plan {
     /// Lineage used if the write creates the document (fixed here so reruns agree).
     new_lineage: String,
     shard_key: Option<(String, Bson)>,
+    traceparent: Option<String>,
 }
 
 /// What the transaction works on.
@@ -361,6 +364,7 @@ impl DocumentService {
             idempotency,
             new_lineage: Revision::first().lineage,
             shard_key,
+            traceparent: request.traceparent.map(str::to_owned),
         })
     }
 
@@ -634,7 +638,9 @@ async fn apply(s: &mut ClientSession, txn: &Txn, plan: &Plan) -> mongodb::error:
                 .map(NewDocument::json),
         ),
         Utc::now(),
-    );
+    )
+    .with_sequence(revision.version)
+    .with_traceparent(plan.traceparent.as_deref());
     let shard = shard_key.as_ref().map(|(n, v)| (n.as_str(), v));
     let entry = store::new_entry(&event, &txn.collection, id, shard);
     match with_entry {

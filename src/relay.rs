@@ -337,7 +337,7 @@ impl Relay {
         let rendered = claim
             .entries
             .iter()
-            .map(|e| e.event.to_event_grid_json())
+            .map(|e| self.publisher.render(&e.event))
             .collect();
         InFlight {
             store,

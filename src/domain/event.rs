@@ -68,6 +68,11 @@ pub struct OutboxEvent {
     pub data_version: String,
     /// The payload: a JSON object.
     pub data: Box<RawValue>,
+    /// Order of this change among the changes of its subject (the document's version), so
+    /// consumers can reorder what Event Grid delivers out of order.
+    pub sequence: Option<u64>,
+    /// W3C trace context of the request that wrote the change, when it had one.
+    pub traceparent: Option<String>,
 }
 
 /// Wire form of one Event Grid event: exactly the six properties, in this order.
@@ -82,6 +87,43 @@ struct EventGridWire<'a> {
     #[serde(rename = "dataVersion")]
     data_version: &'a str,
     data: &'a RawValue,
+}
+
+/// Wire form of one CloudEvents 1.0 event.
+#[derive(Serialize)]
+struct CloudEventWire<'a> {
+    specversion: &'static str,
+    id: String,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    time: String,
+    subject: &'a str,
+    datacontenttype: &'static str,
+    /// The payload schema version, as an extension (CloudEvents has no `dataVersion`).
+    #[serde(rename = "dataversion")]
+    dataschema_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    data: &'a RawValue,
+}
+
+fn is_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "0".repeat(32)
+        && parts[2] != "0".repeat(16)
 }
 
 impl OutboxEvent {
@@ -102,7 +144,45 @@ impl OutboxEvent {
             event_time: now.trunc_subsecs(3),
             data_version,
             data,
+            sequence: None,
+            traceparent: None,
         }
+    }
+
+    /// With the subject-wide order of this change.
+    #[must_use]
+    pub fn with_sequence(mut self, sequence: u64) -> Self {
+        self.sequence = Some(sequence);
+        self
+    }
+
+    /// With the W3C `traceparent` of the writing request; anything not of the form
+    /// `00-<32 hex>-<16 hex>-<2 hex>` is dropped.
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: Option<&str>) -> Self {
+        self.traceparent = traceparent.filter(|t| is_traceparent(t)).map(str::to_owned);
+        self
+    }
+
+    /// Appends the event as compact CloudEvents 1.0 JSON to `out`, with `source`
+    /// (a URI reference such as `/outbox/documents`). `sequence` and `traceparent` travel as
+    /// extension attributes; `sequence` is zero-padded so that it also orders as a string, as
+    /// the CloudEvents sequence extension compares.
+    pub fn write_cloudevents_json(&self, source: &str, out: &mut Vec<u8>) {
+        let wire = CloudEventWire {
+            specversion: "1.0",
+            id: self.id.to_string(),
+            source,
+            event_type: &self.event_type,
+            time: self.event_time_rfc3339(),
+            subject: &self.subject,
+            datacontenttype: "application/json",
+            dataschema_version: &self.data_version,
+            sequence: self.sequence.map(|s| format!("{s:020}")),
+            traceparent: self.traceparent.as_deref(),
+            data: &self.data,
+        };
+        serde_json::to_writer(out, &wire).unwrap_or_default();
     }
 
     /// `eventTime` as Event Grid wants it: RFC 3339, UTC, milliseconds, `Z`.
@@ -167,6 +247,36 @@ mod tests {
             EventId::for_change("d", "ab", "c", "L", 1)
         );
         assert_eq!(a.as_uuid().get_version_num(), 5);
+    }
+
+    #[test]
+    fn the_cloudevents_form_carries_the_extensions() {
+        let e = sample().with_sequence(3).with_traceparent(Some(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ));
+        let mut out = Vec::new();
+        e.write_cloudevents_json("/db/orders", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], e.id.to_string());
+        assert_eq!(v["source"], "/db/orders");
+        assert_eq!(v["type"], "CosmosDB.DocumentChanged");
+        assert_eq!(v["time"], "2025-03-14T09:26:53.589Z");
+        assert_eq!(v["subject"], "orders/o-1");
+        assert_eq!(v["sequence"], "00000000000000000003");
+        assert_eq!(
+            v["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(v["data"]["total"], 129.5);
+        let plain = sample().with_traceparent(Some("garbage"));
+        let mut out = Vec::new();
+        plain.write_cloudevents_json("/x", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(
+            v.get("traceparent").is_none() && v.get("sequence").is_none(),
+            "{v}"
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ async fn handle(state: &AppState, req: Incoming<'_>) -> ApiResponse {
     let if_match = (req.header)("if-match");
     let if_none_match = (req.header)("if-none-match");
     let idempotency_key = (req.header)("idempotency-key");
+    let traceparent = (req.header)("traceparent");
     let request = WriteRequest {
         method: op,
         id: req.id,
@@ -70,6 +71,7 @@ async fn handle(state: &AppState, req: Incoming<'_>) -> ApiResponse {
         if_match: if_match.as_deref(),
         if_none_match: if_none_match.as_deref(),
         idempotency_key: idempotency_key.as_deref(),
+        traceparent: traceparent.as_deref(),
     };
     match state.documents.write(request).await {
         Ok(written) => success(state, &written),

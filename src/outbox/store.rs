@@ -163,6 +163,16 @@ pub fn new_entry(
             },
         },
     };
+    if let Ok(state) = entry.get_document_mut(ROOT)
+        && let Ok(ev) = state.get_document_mut("event")
+    {
+        if let Some(seq) = event.sequence {
+            ev.insert("sequence", i64::try_from(seq).unwrap_or(i64::MAX));
+        }
+        if let Some(tp) = &event.traceparent {
+            ev.insert("traceparent", tp.as_str());
+        }
+    }
     if let Some((name, value)) = shard_key {
         entry.insert(name, value.clone());
     }
@@ -202,6 +212,10 @@ struct EventRow {
     time: bson::DateTime,
     data_version: String,
     data: String,
+    #[serde(default)]
+    sequence: Option<i64>,
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 impl ClaimRow {
@@ -217,6 +231,8 @@ impl ClaimRow {
                 event_time: chrono_time(e.time),
                 data_version: e.data_version,
                 data,
+                sequence: e.sequence.and_then(|s| u64::try_from(s).ok()),
+                traceparent: e.traceparent,
             },
             attempts: u32::try_from(self.state.attempts).unwrap_or(0),
         })

@@ -1,23 +1,28 @@
 //! Event Grid publishing: one request, and what its response means.
 //!
-//! The wire format of custom topics (Event Grid schema, `api-version=2018-01-01`,
-//! `aeg-sas-key`) is known only to this module, so another variant (namespace topics,
+//! The wire format of custom topics (Event Grid or CloudEvents schema,
+//! `api-version=2018-01-01`, `aeg-sas-key` or an Entra ID bearer token) is known only to this
+//! module, so another variant (namespace topics,
 //! CloudEvents) can be added without touching the relay.
 //!
 //! What a response means is decided by [`classify`] on the status code alone (Event Grid's
 //! messages are for humans); mechanics (sending, timing out) are separate.
 
+pub mod auth;
 pub mod backoff;
 pub mod batch;
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use secrecy::ExposeSecret;
+use std::sync::Arc;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::config::EventGridSettings;
+use self::auth::{Auth, AuthError};
+use crate::config::{EventGridSettings, EventSchema};
+use crate::domain::OutboxEvent;
 
 /// The only API version of custom topics.
 pub const API_VERSION: &str = "2018-01-01";
@@ -35,6 +40,8 @@ pub enum FailureKind {
     UnknownOutcome,
     /// Event Grid answered with an error status.
     Status,
+    /// No credential could be presented (no Entra ID token).
+    Auth,
 }
 
 impl FailureKind {
@@ -45,6 +52,7 @@ impl FailureKind {
             Self::Connect => "connect",
             Self::UnknownOutcome => "unknown_outcome",
             Self::Status => "status",
+            Self::Auth => "auth",
         }
     }
 }
@@ -181,8 +189,8 @@ fn truncate(s: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum PublisherError {
     /// The key cannot be sent as a header value.
-    #[error("EVENTGRID_TOPIC_KEY cannot be sent as an HTTP header value")]
-    InvalidKey,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
@@ -195,12 +203,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Sends batches to one Event Grid topic. Cheap to clone: the connection pool is shared.
+/// Sends batches to one Event Grid topic. Cheap to clone: the connection pool and the token
+/// cache are shared.
 #[derive(Clone)]
 pub struct Publisher {
     client: reqwest::Client,
     url: Url,
-    key: HeaderValue,
+    auth: Arc<Auth>,
+    schema: EventSchema,
+    source: Arc<str>,
     timeout: Duration,
     retries: u32,
 }
@@ -209,6 +220,7 @@ impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("url", &self.url.as_str())
+            .field("schema", &self.schema)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -224,9 +236,6 @@ impl Publisher {
         let mut url = settings.endpoint.clone();
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION);
-        let mut key = HeaderValue::from_str(settings.key.expose_secret())
-            .map_err(|_| PublisherError::InvalidKey)?;
-        key.set_sensitive(true);
         let client = reqwest::Client::builder()
             .http1_only()
             .user_agent(concat!("outbox-relay/", env!("CARGO_PKG_VERSION")))
@@ -238,7 +247,9 @@ impl Publisher {
         Ok(Self {
             client,
             url,
-            key,
+            auth: Arc::new(Auth::new(&settings.auth)?),
+            schema: settings.schema,
+            source: settings.source.as_str().into(),
             timeout: settings.publish_timeout,
             retries: settings.publish_retries,
         })
@@ -256,14 +267,68 @@ impl Publisher {
         self.timeout
     }
 
-    /// Sends one request whose body is a JSON array of events, and says what it means.
+    /// The event as it goes on the wire for this topic's schema.
+    #[must_use]
+    pub fn render(&self, event: &OutboxEvent) -> Vec<u8> {
+        let mut out = Vec::with_capacity(event.data.get().len() + 320);
+        match self.schema {
+            EventSchema::EventGrid => event.write_event_grid_json(&mut out),
+            EventSchema::CloudEvents => {
+                let collection = event.subject.split('/').next().unwrap_or_default();
+                let source = format!("{}/{collection}", self.source);
+                event.write_cloudevents_json(&source, &mut out);
+            }
+        }
+        out
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self.schema {
+            EventSchema::EventGrid => "application/json",
+            EventSchema::CloudEvents => "application/cloudevents-batch+json; charset=utf-8",
+        }
+    }
+
+    /// Sends one request whose body is a JSON array of events, and says what it means. With
+    /// Entra ID, a 401 gets one fresh token and one more try.
     #[tracing::instrument(skip_all, fields(bytes = body.len()))]
     pub async fn send(&self, body: Vec<u8>) -> Outcome {
+        let body = bytes::Bytes::from(body);
+        let first = self.send_once(body.clone(), false).await;
+        match (&*self.auth, &first) {
+            (Auth::Entra(_), Outcome::Halt { failure }) if failure.status == Some(401) => {
+                tracing::warn!(error = %failure, "Event Grid refused the token; getting a fresh one");
+                self.send_once(body, true).await
+            }
+            _ => first,
+        }
+    }
+
+    async fn send_once(&self, body: bytes::Bytes, fresh_token: bool) -> Outcome {
+        let (name, value) = match &*self.auth {
+            Auth::Key(key) => ("aeg-sas-key", key.clone()),
+            Auth::Entra(entra) => match entra.header(fresh_token).await {
+                Ok(v) => ("authorization", v),
+                Err(e) => {
+                    // No token: nothing was sent. A configuration (or platform) problem;
+                    // stop the run without spending attempts.
+                    return Outcome::Halt {
+                        failure: PublishFailure {
+                            kind: FailureKind::Auth,
+                            status: None,
+                            code: None,
+                            message: truncate(&e.to_string()),
+                            request_id: None,
+                        },
+                    };
+                }
+            },
+        };
         let response = self
             .client
             .post(self.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header("aeg-sas-key", self.key.clone())
+            .header(CONTENT_TYPE, self.content_type())
+            .header(name, value)
             .timeout(self.timeout)
             .body(body)
             .send()
@@ -338,6 +403,8 @@ fn transport_message(e: reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use reqwest::header::HeaderValue;
+
     use super::*;
 
     #[test]

@@ -13,6 +13,7 @@
 
 mod support;
 
+mod auth_schema;
 mod cosmos;
 mod envelope;
 mod lifecycle;

@@ -94,6 +94,7 @@ pub async fn write_documents(
                 if_match: None,
                 if_none_match: None,
                 idempotency_key: None,
+                traceparent: None,
             })
             .await
             .expect("write");
