@@ -21,6 +21,7 @@
 //! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries (`separate` placement) |
 //! | `OUTBOX_PLACEMENT` | `auto` | `separate`, `colocated` (entries in the documents' collection) or `auto` |
 //! | `OUTBOX_IDEMPOTENCY_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
+//! | `OUTBOX_ORDERING` | `none` | `subject`: never publish before an older unpublished entry of the same subject |
 //! | `OUTBOX_EVENT_TYPE_PREFIX` | `CosmosDB` | event types `<prefix>.DocumentCreated/Replaced/Deleted` |
 //! | `OUTBOX_EVENT_TYPE` | — | one fixed `eventType` for every change instead (e.g. `CosmosDB.DocumentChanged`) |
 //! | `OUTBOX_SCHEDULE` | `schedule` of `OutboxTimer/function.json` | NCRONTAB of the standalone drain |
@@ -199,6 +200,9 @@ pub struct MongoSettings {
     pub shard_key: Option<String>,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// `OUTBOX_ORDERING=subject`: never publish an entry before an older unpublished entry of
+    /// the same subject (it needs an index on the subject, hence a database setting).
+    pub ordered_by_subject: bool,
 }
 
 impl MongoSettings {
@@ -261,6 +265,20 @@ impl MongoSettings {
             "OUTBOX_IDEMPOTENCY_HOURS",
             Duration::from_secs(idem_hours * 3600),
         )?;
+        let ordered_by_subject = match env
+            .string_or("OUTBOX_ORDERING", "none")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "none" => false,
+            "subject" => true,
+            other => {
+                return Err(ConfigError::new(
+                    "OUTBOX_ORDERING",
+                    format!("must be none or subject, got {other:?}"),
+                ));
+            }
+        };
         Ok(Self {
             uri: SecretString::from(uri),
             database,
@@ -269,6 +287,7 @@ impl MongoSettings {
             placement,
             shard_key,
             idempotency_ttl,
+            ordered_by_subject,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,
         })
@@ -781,6 +800,7 @@ mod tests {
             ("STANDALONE_BIND", "0.0.0.0"),
             ("STANDALONE_BIND", "localhost:80"),
             ("EVENTGRID_SCHEMA", "xml"),
+            ("OUTBOX_ORDERING", "strict"),
         ] {
             let e = err(&[(name, value)]);
             assert_eq!(e.setting, name, "{name}={value}: {e}");

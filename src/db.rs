@@ -423,6 +423,7 @@ pub async fn ensure_indexes(
         entries,
         settings.retention,
         placement == Placement::Colocated,
+        settings.ordered_by_subject,
     )
     .await?;
     tracing::info!(

@@ -61,6 +61,13 @@ enum OutboxCommand {
         #[arg(long)]
         all_dead: bool,
     },
+    /// Never publish these dead letters; with OUTBOX_ORDERING=subject this lets later entries
+    /// of their subjects go.
+    Skip {
+        /// Event id of a dead letter (repeatable).
+        #[arg(long = "id", required = true)]
+        ids: Vec<uuid::Uuid>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -132,6 +139,15 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
                 .await
                 .context("cannot requeue")?;
             println!("requeued {n} dead-lettered entries");
+            Ok(())
+        }
+        Some(Command::Outbox {
+            command: OutboxCommand::Skip { ids },
+        }) => {
+            let settings = MongoSettings::from_env(env)?;
+            let ids: Vec<EventId> = ids.into_iter().map(EventId::from_uuid).collect();
+            let n = ops::skip(settings, &ids).await.context("cannot skip")?;
+            println!("skipped {n} dead-lettered entries");
             Ok(())
         }
     }

@@ -62,6 +62,16 @@ pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result
     store.requeue_dead(ids, Utc::now()).await
 }
 
+/// Marks dead letters as skipped (never published; no longer holding back their subject
+/// under `OUTBOX_ORDERING=subject`). Returns how many.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn skip(settings: MongoSettings, ids: &[EventId]) -> Result<u64, DbError> {
+    let (store, _, _) = store(settings).await?;
+    store.skip_dead(ids, Utc::now()).await
+}
+
 /// The status as text for a terminal.
 #[must_use]
 pub fn render_status(s: &Status) -> String {
@@ -77,8 +87,8 @@ pub fn render_status(s: &Status) -> String {
         },
     );
     let mut out = format!(
-        "entries in {} ({:?} placement)\npending:      {}\n  due now:    {}\npublished:    {}\ndead:         {}\noldest pending written: {lag}\n",
-        s.entries_collection, s.placement, c.pending, c.due, c.published, c.dead
+        "entries in {} ({:?} placement)\npending:      {}\n  due now:    {}\npublished:    {}\ndead:         {}\nskipped:      {}\noldest pending written: {lag}\n",
+        s.entries_collection, s.placement, c.pending, c.due, c.published, c.dead, c.skipped
     );
     if !s.dead_letters.is_empty() {
         out.push_str("\ndead letters (oldest first):\n");
@@ -93,6 +103,7 @@ pub fn render_status(s: &Status) -> String {
             ));
         }
         out.push_str("requeue with: handler outbox requeue --id <id> | --all-dead\n");
+        out.push_str("or skip (never publish) with: handler outbox skip --id <id>\n");
     }
     out
 }

@@ -77,6 +77,8 @@ pub struct RelayReport {
     pub dead_lettered: u64,
     /// Entries given back untouched (run stopped).
     pub released: u64,
+    /// Entries held back behind an older entry of their subject (`OUTBOX_ORDERING=subject`).
+    pub deferred: u64,
     /// Publish requests sent.
     pub requests: u64,
     /// Entries pending after the run (due or not), if the database could tell.
@@ -115,6 +117,12 @@ impl RelayReport {
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
             self.duration_ms,
         );
+        if self.deferred > 0 {
+            s.push_str(&format!(
+                "; {} deferred behind older entries of their subject",
+                self.deferred
+            ));
+        }
         match &self.stopped {
             None => {}
             Some(StopReason::Budget) => s.push_str("; stopped: time budget spent"),
@@ -232,14 +240,32 @@ impl Relay {
                 report.stopped.get_or_insert(StopReason::Budget);
                 break;
             }
-            let claim = match store
+            let claimed = store
                 .claim(
                     Utc::now(),
                     self.settings.lease,
                     self.settings.batch_size.get(),
                 )
-                .await
-            {
+                .await;
+            let claimed = match claimed {
+                Ok(mut c) if self.db.settings().ordered_by_subject && !c.entries.is_empty() => {
+                    match store
+                        .defer_blocked(&mut c, Utc::now(), self.settings.max_backoff)
+                        .await
+                    {
+                        Ok(n) => {
+                            report.deferred += n;
+                            if c.entries.is_empty() {
+                                continue; // All held back; what is due behind them may not be.
+                            }
+                            Ok(c)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            let claim = match claimed {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %chain(&e), "Cannot claim outbox entries");

@@ -32,6 +32,9 @@ pub enum EntryStatus {
     Published,
     /// Given up on; kept for an operator.
     Dead,
+    /// A dead entry an operator chose not to publish (`handler outbox skip`); kept, and no
+    /// longer holding back later entries of its subject.
+    Skipped,
 }
 
 impl EntryStatus {
@@ -42,6 +45,7 @@ impl EntryStatus {
             Self::Pending => "pending",
             Self::Published => "published",
             Self::Dead => "dead",
+            Self::Skipped => "skipped",
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct OutboxCounts {
     pub published: u64,
     /// Dead-lettered entries.
     pub dead: u64,
+    /// Dead entries skipped by an operator.
+    pub skipped: u64,
     /// When the longest-waiting pending entry was written: the lag to alert on.
     pub oldest_pending_created_at: Option<DateTime<Utc>>,
 }

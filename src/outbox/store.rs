@@ -56,10 +56,14 @@ pub mod field {
     pub const LAST_ERROR: &str = "_outbox.last_error";
     /// The last few failures.
     pub const HISTORY: &str = "_outbox.history";
+    /// The event's subject (ordering).
+    pub const SUBJECT: &str = "_outbox.event.subject";
 }
 
 /// Name of the index the claim query uses.
 pub const CLAIM_INDEX: &str = "outbox_claim";
+/// Name of the index the ordering check uses (`OUTBOX_ORDERING=subject` only).
+pub const SUBJECT_INDEX: &str = "outbox_subject";
 /// Name of the TTL index that removes published entries.
 pub const RETENTION_INDEX: &str = "outbox_published_ttl";
 /// Failures kept in an entry's history.
@@ -593,6 +597,132 @@ impl OutboxStore {
             .await?)
     }
 
+    /// `OUTBOX_ORDERING=subject`: takes out of `claim` every entry that an older unpublished
+    /// entry of its subject (pending, or dead — a dead entry parks its subject until requeued
+    /// or skipped) outside this claim must precede, and gives those back: due again when the
+    /// blocker may have moved on (a dead blocker: after `parked_for`). Entries of one subject
+    /// inside one claim may go together: they are published in one request, which Event Grid
+    /// accepts or refuses whole. Returns how many were deferred.
+    ///
+    /// # Errors
+    /// When the database fails; the deferred entries then stay claimed until the lease runs
+    /// out, which only delays them.
+    pub async fn defer_blocked(
+        &self,
+        claim: &mut Claim,
+        now: DateTime<Utc>,
+        parked_for: Duration,
+    ) -> Result<u64, DbError> {
+        use std::collections::{BTreeSet, HashMap};
+        let subjects: BTreeSet<&str> = claim
+            .entries
+            .iter()
+            .map(|e| e.event.subject.as_str())
+            .collect();
+        if subjects.is_empty() {
+            return Ok(0);
+        }
+        let others: Vec<Document> = self
+            .entries
+            .find(doc! {
+                field::SUBJECT: { "$in": subjects.iter().copied().collect::<Vec<_>>() },
+                field::STATUS: { "$in": [EntryStatus::Pending.as_str(), EntryStatus::Dead.as_str()] },
+                field::LEASE_TOKEN: { "$ne": claim.token.bson() },
+            })
+            .projection(doc! {
+                field::SUBJECT: 1, field::STATUS: 1, field::DUE_AT: 1, field::CREATED_AT: 1,
+                field::LEASE_TOKEN: 1, "_outbox.event.sequence": 1,
+            })
+            .await?
+            .try_collect()
+            .await?;
+        // The oldest unpublished entry of each subject outside this claim.
+        let mut oldest: HashMap<String, ((i64, i64), bool, bson::DateTime)> = HashMap::new();
+        for d in &others {
+            let Ok(state) = d.get_document(ROOT) else {
+                continue;
+            };
+            let Some(event) = state.get_document("event").ok() else {
+                continue;
+            };
+            let subject = event.get_str("subject").unwrap_or_default().to_owned();
+            let key = (
+                state
+                    .get_datetime("created_at")
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0),
+                event.get_i64("sequence").unwrap_or(0),
+            );
+            let dead = state.get_str("status") == Ok(EntryStatus::Dead.as_str());
+            // A blocker held by another claim is being published now: look again soon. One
+            // backing off is due at its `due_at`: look again then.
+            let leased = !matches!(state.get("lease_token"), None | Some(Bson::Null));
+            let due = if leased {
+                bson_time(now)
+            } else {
+                state
+                    .get_datetime("due_at")
+                    .copied()
+                    .unwrap_or_else(|_| bson_time(now))
+            };
+            let slot = oldest.entry(subject).or_insert((key, dead, due));
+            if key < slot.0 {
+                *slot = (key, dead, due);
+            }
+        }
+        let mut deferred: Vec<(EventId, bson::DateTime)> = Vec::new();
+        claim.entries.retain(|e| {
+            let key = (
+                e.event.event_time.timestamp_millis(),
+                i64::try_from(e.event.sequence.unwrap_or(0)).unwrap_or(i64::MAX),
+            );
+            match oldest.get(&e.event.subject) {
+                Some((blocker, dead, due)) if *blocker < key => {
+                    let soon = now + chrono::Duration::seconds(1);
+                    let again = if *dead {
+                        bson_time(now + duration_chrono(parked_for))
+                    } else {
+                        bson_time(soon).max(*due)
+                    };
+                    deferred.push((e.event.id, again));
+                    false
+                }
+                _ => true,
+            }
+        });
+        let mut n = 0;
+        for (id, again) in deferred {
+            n += self
+                .entries
+                .update_one(
+                    Self::fenced(claim.token, &[id]),
+                    doc! { "$set": { field::DUE_AT: again, field::LEASE_TOKEN: Bson::Null } },
+                )
+                .await?
+                .modified_count;
+        }
+        Ok(n)
+    }
+
+    /// Marks dead-lettered entries as skipped: kept, never published, no longer holding back
+    /// later entries of their subject. Returns how many.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn skip_dead(&self, ids: &[EventId], now: DateTime<Utc>) -> Result<u64, DbError> {
+        let r = self
+            .entries
+            .update_many(
+                doc! { "_id": { "$in": ids_bson(ids) }, field::STATUS: EntryStatus::Dead.as_str() },
+                doc! { "$set": {
+                    field::STATUS: EntryStatus::Skipped.as_str(),
+                    "_outbox.skipped_at": bson_time(now),
+                } },
+            )
+            .await?;
+        Ok(r.modified_count)
+    }
+
     /// Gives dead-lettered entries another chance: pending again, due now, attempts reset to
     /// 0. Their last error and history are kept. `ids: None` requeues every dead entry.
     /// Returns how many were requeued.
@@ -694,6 +824,7 @@ impl OutboxStore {
                 .await?;
         let published = count(doc! { field::STATUS: "published" }).await?;
         let dead = count(doc! { field::STATUS: "dead" }).await?;
+        let skipped = count(doc! { field::STATUS: "skipped" }).await?;
         let head = self
             .entries
             .find_one(doc! { field::STATUS: "pending" })
@@ -710,6 +841,7 @@ impl OutboxStore {
             due,
             published,
             dead,
+            skipped,
             oldest_pending_created_at,
         })
     }
@@ -733,8 +865,24 @@ pub async fn ensure_indexes(
     collection: &str,
     retention: Duration,
     colocated: bool,
+    ordered_by_subject: bool,
 ) -> Result<(), DbError> {
     let entries: Collection<Document> = db.collection(collection);
+    if ordered_by_subject {
+        entries
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { field::SUBJECT: 1, field::STATUS: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name(SUBJECT_INDEX.to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+    }
     let claim_keys = doc! { field::STATUS: 1, field::DUE_AT: 1 };
     let plain = IndexOptions::builder().name(CLAIM_INDEX.to_owned()).build();
     let claim_options = if colocated {

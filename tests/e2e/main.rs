@@ -19,6 +19,7 @@ mod envelope;
 mod lifecycle;
 mod openapi;
 mod ops;
+mod ordering;
 mod relay;
 mod standalone;
 mod write_document;
