@@ -18,9 +18,13 @@ run: ## Start a local replica set, the Event Grid receiver and `handler serve`; 
 test: ## Install what is needed, start a real replica set, run every test
 	scripts/test.sh
 
+.PHONY: chaos
+chaos: ## Chaos suite at full scale (kills, restarts, outages); counts in target/chaos/report.json
+	CHAOS_SCALE=full scripts/chaos.sh
+
 .PHONY: bench
 bench: ## Measure write latency/throughput and drain throughput; JSON in target/bench/
-	scripts/bench.sh
+	scripts/bench.sh $(ARGS)
 
 .PHONY: fmt
 fmt: ## Format the code

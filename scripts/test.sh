@@ -25,9 +25,11 @@ export OUTBOX_TEST_MONGODB_URI
 echo "    $OUTBOX_TEST_MONGODB_URI"
 
 echo "==> running the tests"
+rm -rf target/chaos   # the chaos suite (short form, CHAOS_SCALE=short) writes its ledger here
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast
 else
   cargo test --locked --workspace --no-fail-fast
 fi
+[[ -f target/chaos/report.txt ]] && { echo "==> chaos ledger (short)"; cat target/chaos/report.txt; }
 cargo test --locked --workspace --doc

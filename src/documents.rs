@@ -8,7 +8,9 @@
 //! database — parsing, validation, sizing the event — happens before; nothing but MongoDB is
 //! called inside (Cosmos DB caps a transaction at 5 seconds).
 //!
-//! In every error case nothing is written: the transaction commits all of it or none.
+//! In every refused case (4xx) nothing is written: the transaction commits all of it or none.
+//! When the database fails or times out around the commit, the outcome is unknown (see
+//! [`WriteError::Unavailable`]); it is then all or nothing too.
 //! Retries are safe: the event id is derived from the revision being written, a client-chosen
 //! id cannot be created twice, and a replay under the same `Idempotency-Key` returns the first
 //! answer without writing.

@@ -233,15 +233,31 @@ impl Handler {
     /// Sends an envelope to `POST /<function>` exactly as the host does: chunked transfer
     /// encoding, its headers. Checks the answer against the host's rules and returns it.
     pub async fn invoke(&self, function: &str, envelope: &Value) -> HostResponse {
+        self.try_invoke(function, envelope, None)
+            .await
+            .expect("the handler must answer the invocation")
+    }
+
+    /// [`Self::invoke`], but a transport failure (the process killed, the connection reset,
+    /// `timeout` passed) is returned instead of panicking: for chaos tests, where the outcome
+    /// of an invocation may be unknown. An answer is still checked against the host's rules.
+    pub async fn try_invoke(
+        &self,
+        function: &str,
+        envelope: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<HostResponse, reqwest::Error> {
         let invocation = uuid::Uuid::new_v4().to_string();
         let bytes = serde_json::to_vec(envelope).unwrap();
         // A streamed body makes reqwest use chunked transfer encoding, as the host does.
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
             bytes.chunks(4096).map(|c| Ok(c.to_vec())).collect();
         let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-        let response = self
-            .http
-            .post(self.url(&format!("/{function}")))
+        let mut request = self.http.post(self.url(&format!("/{function}")));
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request
             .header("Content-Type", "application/json; charset=utf-8")
             .header("X-Azure-Functions-InvocationId", &invocation)
             .header("X-Azure-Functions-HostVersion", HOST_VERSION)
@@ -251,22 +267,33 @@ impl Handler {
             )
             .body(body)
             .send()
-            .await
-            .expect("the handler must answer the invocation");
+            .await?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = response.text().await.expect("readable answer");
+        let text = response.text().await?;
         let body = check_envelope_answer(status, content_type.as_deref(), &text);
-        HostResponse { status, body }
+        Ok(HostResponse { status, body })
     }
 
     /// Invokes WriteDocumentHttp through the envelope; the host answer must be 200 with a
     /// well-formed `Outputs.res`, which is returned as the caller would see it.
     pub async fn write(&self, request: &ClientRequest) -> CallerResponse {
+        self.try_write(request, None)
+            .await
+            .expect("the handler must answer the invocation")
+    }
+
+    /// [`Self::write`], but a transport failure (or `timeout` passing) is returned instead of
+    /// panicking; the answer, when there is one, is checked as in [`Self::write`].
+    pub async fn try_write(
+        &self,
+        request: &ClientRequest,
+        timeout: Option<Duration>,
+    ) -> Result<CallerResponse, reqwest::Error> {
         let mut headers = serde_json::Map::new();
         if let Some(ct) = &request.content_type {
             headers.insert("Content-Type".into(), json!([ct]));
@@ -308,7 +335,9 @@ impl Handler {
                 "sys": sys("WriteDocumentHttp"),
             }
         });
-        let answer = self.invoke("WriteDocumentHttp", &envelope).await;
+        let answer = self
+            .try_invoke("WriteDocumentHttp", &envelope, timeout)
+            .await?;
         assert_eq!(
             answer.status, 200,
             "the host must get 200 for a completed HTTP invocation: {:?}",
@@ -344,12 +373,12 @@ impl Handler {
         assert_eq!(ct, Some("application/json"), "{res}");
         let body: Value = serde_json::from_str(body_text)
             .unwrap_or_else(|e| panic!("res.body must be JSON ({e}): {body_text}"));
-        CallerResponse {
+        Ok(CallerResponse {
             status: u16::try_from(status).unwrap(),
             headers,
             body,
             logs: answer.logs(),
-        }
+        })
     }
 
     /// Invokes OutboxTimer with the given `timer` binding value.
@@ -363,16 +392,41 @@ impl Handler {
 
     /// A typical timer invocation (schedule monitoring on).
     pub async fn tick(&self) -> HostResponse {
-        self.timer(json!({
-            "Schedule": { "AdjustForDST": true },
-            "ScheduleStatus": {
-                "Last": "2025-06-02T08:14:00.0041733+00:00",
-                "Next": "2025-06-02T08:15:00+00:00",
-                "LastUpdated": "2025-06-02T08:14:00.0041733+00:00"
-            },
-            "IsPastDue": false
-        }))
+        self.timer(typical_timer(false)).await
+    }
+
+    /// [`Self::tick`] (with `IsPastDue` as given, as in a catch-up or replayed occurrence),
+    /// returning a transport failure (the process killed mid-run, `timeout` passed) instead
+    /// of panicking.
+    pub async fn try_tick(
+        &self,
+        past_due: bool,
+        timeout: Option<Duration>,
+    ) -> Result<HostResponse, reqwest::Error> {
+        self.try_invoke(
+            "OutboxTimer",
+            &json!({
+                "Data": { "timer": typical_timer(past_due) },
+                "Metadata": { "sys": sys("OutboxTimer") },
+            }),
+            timeout,
+        )
         .await
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL now without waiting, so it can land while requests to the process are
+    /// in flight (they then fail); [`Self::kill`] afterwards reaps the process.
+    pub fn sigkill(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .status();
+        }
     }
 
     /// Sends SIGKILL, as the host does on timeout, scale-in or deployment.
@@ -398,6 +452,19 @@ impl Handler {
         }
         status
     }
+}
+
+/// The `timer` binding value of a typical occurrence.
+fn typical_timer(past_due: bool) -> Value {
+    json!({
+        "Schedule": { "AdjustForDST": true },
+        "ScheduleStatus": {
+            "Last": "2025-06-02T08:14:00.0041733+00:00",
+            "Next": "2025-06-02T08:15:00+00:00",
+            "LastUpdated": "2025-06-02T08:14:00.0041733+00:00"
+        },
+        "IsPastDue": past_due
+    })
 }
 
 fn sys(method: &str) -> Value {

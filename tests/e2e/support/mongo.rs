@@ -31,6 +31,8 @@ pub fn uri() -> String {
 /// A database of its own for one test, with the product's collections and indexes.
 pub struct TestDb {
     pub name: String,
+    /// The replica set's connection string.
+    pub uri: String,
     pub client: Client,
     pub settings: MongoSettings,
     pub placement: Placement,
@@ -43,9 +45,14 @@ impl TestDb {
 
     /// With extra `MONGODB_*`/`OUTBOX_*` settings (e.g. other collection names).
     pub async fn with(extra: &[(&str, &str)]) -> Self {
+        Self::on(&uri(), extra).await
+    }
+
+    /// On the replica set at `uri` (a test that starts its own, e.g. to restart it).
+    pub async fn on(uri: &str, extra: &[(&str, &str)]) -> Self {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut map: HashMap<String, String> = HashMap::new();
-        map.insert("MONGODB_URI".into(), uri());
+        map.insert("MONGODB_URI".into(), uri.to_owned());
         map.insert("MONGODB_DATABASE".into(), name.clone());
         for (k, v) in extra {
             map.insert((*k).into(), (*v).into());
@@ -56,12 +63,13 @@ impl TestDb {
             PlacementSetting::Colocated => Placement::Colocated,
             PlacementSetting::Separate | PlacementSetting::Auto => Placement::Separate,
         };
-        let client = Client::with_uri_str(uri()).await.expect("client");
+        let client = Client::with_uri_str(uri).await.expect("client");
         outbox_relay::db::ensure_indexes(&client.database(&name), &settings, placement)
             .await
             .expect("ensure_indexes on the test database");
         Self {
             name,
+            uri: uri.to_owned(),
             client,
             settings,
             placement,
@@ -111,7 +119,7 @@ impl TestDb {
     /// The settings a handler needs to use this database.
     pub fn app_settings(&self) -> Vec<(String, String)> {
         vec![
-            ("MONGODB_URI".into(), uri()),
+            ("MONGODB_URI".into(), self.uri.clone()),
             ("MONGODB_DATABASE".into(), self.name.clone()),
             (
                 "MONGODB_COLLECTION".into(),
