@@ -274,7 +274,8 @@ pub struct OutboxStore {
     /// a journal flush per batch is what lets one relay claim tens of thousands of entries a
     /// second.
     entries: Collection<Document>,
-    /// For inserts inside the write's transaction, which has its own (majority) write concern.
+    /// The default (majority) write concern: inserts inside the write's transaction (which has
+    /// its own), and operator commands.
     in_transaction: Collection<Document>,
 }
 
@@ -711,7 +712,7 @@ impl OutboxStore {
     /// When the database fails.
     pub async fn skip_dead(&self, ids: &[EventId], now: DateTime<Utc>) -> Result<u64, DbError> {
         let r = self
-            .entries
+            .in_transaction
             .update_many(
                 doc! { "_id": { "$in": ids_bson(ids) }, field::STATUS: EntryStatus::Dead.as_str() },
                 doc! { "$set": {
@@ -738,8 +739,10 @@ impl OutboxStore {
         if let Some(ids) = ids {
             filter.insert("_id", doc! { "$in": ids_bson(ids) });
         }
+        // An operator's decision: default (majority) write concern, not the relay's relaxed
+        // one, so a failover cannot silently undo it.
         let r = self
-            .entries
+            .in_transaction
             .update_many(
                 filter,
                 doc! {

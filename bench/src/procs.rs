@@ -1,0 +1,222 @@
+//! The processes the benchmark starts (receiver, handler) and what `/proc` says about them.
+//!
+//! Every process is addressed through its own child handle or pid, never by name. A [`Proc`]
+//! kills its process when dropped, so an error or an interrupt anywhere leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// A child process, killed (through its handle) when dropped.
+pub(crate) struct Proc {
+    child: Child,
+    pid: u32,
+}
+
+impl Proc {
+    fn new(child: Child) -> anyhow::Result<Self> {
+        let pid = child.id().context("the child exited at once")?;
+        Ok(Self { child, pid })
+    }
+
+    /// Its pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Stops it: SIGKILL through the handle, then reaps it.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts the release `eventgrid-receiver` (`--port 0 --keep ids`) and returns it with its
+/// publish endpoint, read from its first output line
+/// (`eventgrid-receiver listening on <endpoint>`).
+pub(crate) async fn start_receiver(bins: &Path) -> anyhow::Result<(Proc, String)> {
+    let exe = bins.join("eventgrid-receiver");
+    let mut child = Command::new(&exe)
+        .args(["--port", "0", "--keep", "ids"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (scripts/bench.sh builds it)",
+                exe.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let proc = Proc::new(child)?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .context("the receiver did not report its port within 15 s")??
+        .context("the receiver exited before reporting its port")?;
+    let endpoint = first
+        .strip_prefix("eventgrid-receiver listening on ")
+        .with_context(|| format!("unexpected first line from the receiver: {first:?}"))?
+        .trim()
+        .to_owned();
+    // Keep reading its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((proc, endpoint))
+}
+
+/// Starts the release `handler serve --port P`, configured only through `env` (the
+/// environment is cleared first), and waits until `GET /` answers and a moment more, so that
+/// its background database set-up is done before anything is timed.
+pub(crate) async fn start_handler(
+    bins: &Path,
+    env: &BTreeMap<String, String>,
+    http: &reqwest::Client,
+) -> anyhow::Result<(Proc, String)> {
+    let exe = bins.join("handler");
+    let port = devstack::pick_free_port().context("cannot pick a port for the handler")?;
+    let child = Command::new(&exe)
+        .args(["serve", "--port", &port.to_string()])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (scripts/bench.sh builds it)",
+                exe.display()
+            )
+        })?;
+    let mut proc = Proc::new(child)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("the handler exited at start-up ({status}); its log is above");
+        }
+        if Instant::now() > deadline {
+            bail!("the handler did not answer GET / within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The handler prepares the database (collections, indexes) in the background right after
+    // it starts listening; let that finish outside the measurements.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok((proc, base))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`; 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU seconds (user + system) a process has used so far; `None` if it is gone.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// A `kB` value of `/proc/<pid>/status` (`VmHWM`, `VmRSS`); `None` if it cannot be read.
+pub(crate) fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Busy CPU seconds of the whole machine so far (every state of `/proc/stat`'s `cpu` line
+/// except idle and iowait).
+fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let busy: f64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Some(busy / TICKS_PER_SEC)
+}
+
+/// CPU seconds used by several processes between two points in time, and by everything else
+/// on the machine (other work sharing the cores shows up there).
+pub(crate) struct CpuMeter {
+    pids: Vec<(&'static str, u32)>,
+    start: Vec<Option<f64>>,
+    machine_start: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring the named pids.
+    pub(crate) fn start(pids: Vec<(&'static str, u32)>) -> Self {
+        let start = pids.iter().map(|(_, pid)| cpu_secs(*pid)).collect();
+        Self {
+            pids,
+            start,
+            machine_start: machine_busy_secs(),
+        }
+    }
+
+    /// CPU seconds each used since [`CpuMeter::start`] (to the tick), plus `other`: the rest of
+    /// the machine's busy time.
+    pub(crate) fn read(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut ours = 0.0;
+        let mut out: serde_json::Map<String, serde_json::Value> = self
+            .pids
+            .iter()
+            .zip(&self.start)
+            .map(|((name, pid), start)| {
+                let used = match (start, cpu_secs(*pid)) {
+                    (Some(a), Some(b)) => {
+                        ours += b - a;
+                        serde_json::json!(crate::round(b - a, 2))
+                    }
+                    _ => serde_json::Value::Null,
+                };
+                ((*name).to_owned(), used)
+            })
+            .collect();
+        if let (Some(a), Some(b)) = (self.machine_start, machine_busy_secs()) {
+            out.insert(
+                "other".into(),
+                serde_json::json!(crate::round((b - a - ours).max(0.0), 2)),
+            );
+        }
+        out
+    }
+}
