@@ -317,3 +317,55 @@ async fn auto_placement_chooses_separate_on_a_mongodb_replica_set() {
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_shard_key_travels_onto_entries_and_records_so_a_transaction_stays_in_one_partition() {
+    let (db, _rx, handler) = {
+        let db = TestDb::with(&[
+            ("OUTBOX_PLACEMENT", "colocated"),
+            ("MONGODB_SHARD_KEY", "tenant"),
+        ])
+        .await;
+        let rx = receiver::start().await;
+        let handler =
+            Handler::functions(&app_settings(&db, &rx, &[("MONGODB_SHARD_KEY", "tenant")])).await;
+        (db, rx, handler)
+    };
+
+    let created = handler
+        .write(
+            &ClientRequest::put_json("sk-1", r#"{"tenant":"acme","v":1}"#)
+                .header("Idempotency-Key", "sk"),
+        )
+        .await;
+    let deleted = handler.write(&ClientRequest::delete("sk-1")).await;
+    let missing = handler.write(&ClientRequest::post_json(r#"{"v":1}"#)).await;
+
+    assert_eq!(
+        (created.status, deleted.status),
+        (201, 200),
+        "{:?} {:?}",
+        created.body,
+        deleted.body
+    );
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (400, "MissingShardKey")
+    );
+    let with_key = db
+        .documents()
+        .count_documents(doc! { "tenant": "acme", "_outbox": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(
+        with_key, 2,
+        "both entries (create and delete) carry the shard key value"
+    );
+    let record = db
+        .documents()
+        .count_documents(doc! { "tenant": "acme", "_idempotency": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(record, 1, "the idempotency record carries it too");
+    db.drop().await;
+}
