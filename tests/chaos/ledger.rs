@@ -370,6 +370,7 @@ impl Ledger {
             duplicated,
             allowed_dup: allowed,
             orphaned: orphaned.len() as u64,
+            out_of_order: None,
         };
         let mut notes = self.notes.lock().unwrap().clone();
         notes.insert("created_201".into(), created.into());
@@ -505,6 +506,9 @@ pub struct Row {
     pub duplicated: u64,
     pub allowed_dup: u64,
     pub orphaned: u64,
+    /// With `OUTBOX_ORDERING=subject`: first deliveries of a subject's versions that came in a
+    /// later request than a newer version's; `None` when ordering is not promised.
+    pub out_of_order: Option<u64>,
 }
 
 pub const HEADER: &str = "scenario | writes | committed | published | lost | duplicated | allowed-dup | orphaned | out-of-order";
@@ -512,7 +516,7 @@ pub const HEADER: &str = "scenario | writes | committed | published | lost | dup
 impl Row {
     pub fn line(&self) -> String {
         format!(
-            "{} | {} | {} | {} | {} | {} | {} | {} | n/a",
+            "{} | {} | {} | {} | {} | {} | {} | {} | {}",
             self.scenario,
             self.writes,
             self.committed,
@@ -520,13 +524,15 @@ impl Row {
             self.lost,
             self.duplicated,
             self.allowed_dup,
-            self.orphaned
+            self.orphaned,
+            self.out_of_order
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
         )
     }
 
     /// Prints the row and writes `target/chaos/<scenario>.json`, then merges every scenario
     /// file into `report.json` and `report.txt`.
-    fn report(&self, took: Duration, notes: &BTreeMap<String, Value>, failures: &[String]) {
+    pub fn report(&self, took: Duration, notes: &BTreeMap<String, Value>, failures: &[String]) {
         println!("{HEADER}\n{}", self.line());
         eprintln!("{}", self.line());
         let value = json!({
@@ -539,7 +545,7 @@ impl Row {
             "duplicated": self.duplicated,
             "allowed_dup": self.allowed_dup,
             "orphaned": self.orphaned,
-            "out_of_order": "n/a",
+            "out_of_order": self.out_of_order.map_or(json!("n/a"), |n| json!(n)),
             "seconds": (took.as_secs_f64() * 10.0).round() / 10.0,
             "passed": failures.is_empty(),
             "failures": failures.iter().take(30).collect::<Vec<_>>(),
