@@ -46,7 +46,7 @@ pub(crate) struct Drained {
 
 /// Creates the collections and indexes exactly as the handler does, then inserts `n` pending
 /// entries for ~1 KB documents (oldest first, a millisecond apart). Returns the seconds taken.
-async fn seed(
+pub(crate) async fn seed(
     client: &mongodb::Client,
     env: &BTreeMap<String, String>,
     n: usize,

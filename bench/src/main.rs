@@ -27,6 +27,7 @@
 mod drain;
 mod procs;
 mod profile;
+mod scenarios;
 mod writes;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,18 @@ struct Args {
     /// server, so use the figures for proportions) and report the cost of each kind of query.
     #[arg(long)]
     mongod_profile: bool,
+    /// Requests per operation in the lifecycle scenario.
+    #[arg(long, default_value_t = 10_000)]
+    lifecycle_requests: usize,
+    /// Backlog of the relays and faults scenarios.
+    #[arg(long, default_value_t = 100_000)]
+    scenario_events: usize,
+    /// Length of the topic outage in the faults scenario, in seconds.
+    #[arg(long, default_value_t = 60)]
+    outage_secs: u64,
+    /// Backlog of the rss scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    rss_events: usize,
     /// Directory for the replica set's files (a fresh subdirectory per run, removed at the end).
     #[arg(long, default_value = "target/bench")]
     work_dir: PathBuf,
@@ -81,9 +94,26 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// POST at concurrency 1 and 16.
     Writes,
+    /// A backlog drained by one handler.
     Drain,
+    /// POST/PUT/DELETE at concurrency 16 per placement, direct and through the RU proxy.
+    Lifecycle,
+    /// One backlog drained by 1, 2 and 4 handlers.
+    Relays,
+    /// A drain under 5 % 503s; the drain after a topic outage.
+    Faults,
+    /// The handler's memory draining a 1,000,000-entry backlog (not part of `all`).
+    Rss,
+    /// Every scenario but `rss`.
     All,
+}
+
+impl Args {
+    fn wants(&self, s: Scenario) -> bool {
+        self.scenario == s || (self.scenario == Scenario::All && s != Scenario::Rss)
+    }
 }
 
 /// Rounds to `digits` decimals, for readable JSON.
@@ -207,7 +237,7 @@ async fn run(
     let mut targets = Vec::new();
     let mut failures = Vec::new();
 
-    if args.scenario != Scenario::Drain {
+    if args.wants(Scenario::Writes) {
         env.insert("MONGODB_DATABASE".into(), "bench_writes".into());
         eprintln!("outbox-bench: writes");
         let (handler, base) = procs::start_handler(bins, &env, &http).await?;
@@ -285,7 +315,7 @@ async fn run(
         figures["writes"] = results.into();
     }
 
-    if args.scenario != Scenario::Writes {
+    if args.wants(Scenario::Drain) {
         env.insert("MONGODB_DATABASE".into(), "bench_drain".into());
         eprintln!("outbox-bench: drain");
         let drained = drain::run(&drain::Setup {
@@ -315,6 +345,33 @@ async fn run(
             Goal::AtMost(64.0),
         ));
         figures["drain"] = drained.json;
+    }
+    let ctx = scenarios::Ctx {
+        http: &http,
+        bins,
+        mongod,
+        receiver: &receiver,
+        receiver_root: &receiver_root,
+        env: &env,
+    };
+    if args.wants(Scenario::Lifecycle) {
+        figures["lifecycle"] =
+            scenarios::lifecycle(&ctx, args.lifecycle_requests, &mut failures).await?;
+    }
+    if args.wants(Scenario::Relays) {
+        figures["relays"] = scenarios::relays(&ctx, args.scenario_events, &mut failures).await?;
+    }
+    if args.wants(Scenario::Faults) {
+        figures["faults"] = scenarios::faults(
+            &ctx,
+            args.scenario_events,
+            std::time::Duration::from_secs(args.outage_secs),
+            &mut failures,
+        )
+        .await?;
+    }
+    if args.wants(Scenario::Rss) {
+        figures["rss"] = scenarios::rss(&ctx, args.rss_events, &mut failures).await?;
     }
     receiver.stop().await;
     figures["targets"] = Value::Array(targets);

@@ -78,6 +78,48 @@ pub(crate) async fn start_receiver(bins: &Path) -> anyhow::Result<(Proc, String)
     Ok((proc, endpoint))
 }
 
+/// Starts the release `cosmos-ru-proxy` in front of the replica set on `upstream_port` and
+/// returns it with the connection string a handler uses through it. Its stdin (commands) stays
+/// open, and unused, for as long as it runs.
+pub(crate) async fn start_proxy(bins: &Path, upstream_port: u16) -> anyhow::Result<(Proc, String)> {
+    let exe = bins.join("cosmos-ru-proxy");
+    let mut child = Command::new(&exe)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("127.0.0.1:{upstream_port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (scripts/bench.sh builds it)",
+                exe.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("the proxy's stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .context("the proxy did not start within 10 s")??
+        .context("the proxy exited at start-up")?;
+    let addr = first
+        .strip_prefix("cosmos-ru-proxy listening on ")
+        .with_context(|| format!("unexpected first line from the proxy: {first:?}"))?
+        .trim()
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((
+        Proc::new(child)?,
+        format!("mongodb://{addr}/?replicaSet=rs0"),
+    ))
+}
+
 /// Starts the release `handler serve --port P`, configured only through `env` (the
 /// environment is cleared first), and waits until `GET /` answers and a moment more, so that
 /// its background database set-up is done before anything is timed.

@@ -31,6 +31,17 @@ pub(crate) struct Run {
     pub(crate) json: Value,
 }
 
+/// Which request a run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `POST /api/documents` of a new document `<tag>-<i>` (201).
+    Post,
+    /// `PUT /api/documents/<tag>-<i>` replacing it (200).
+    Put,
+    /// `DELETE /api/documents/<tag>-<i>` (200).
+    Delete,
+}
+
 /// Sends `n` writes from `concurrency` clients sharing one connection pool, and measures.
 pub(crate) async fn run(
     http: &reqwest::Client,
@@ -38,6 +49,18 @@ pub(crate) async fn run(
     tag: &str,
     n: usize,
     concurrency: usize,
+) -> Run {
+    run_op(http, base, tag, n, concurrency, Op::Post).await
+}
+
+/// Sends `n` requests of `op` on documents `<tag>-0..n` from `concurrency` clients.
+pub(crate) async fn run_op(
+    http: &reqwest::Client,
+    base: &str,
+    tag: &str,
+    n: usize,
+    concurrency: usize,
+    op: Op,
 ) -> Run {
     let url = Arc::new(format!("{base}/api/documents"));
     let next = Arc::new(AtomicUsize::new(0));
@@ -58,12 +81,22 @@ pub(crate) async fn run(
                 if i >= n {
                     break;
                 }
-                let body = document(&tag, i);
+                let request = match op {
+                    Op::Post => http.post(url.as_str()).body(document(&tag, i)),
+                    Op::Put => {
+                        http.put(format!("{url}/{tag}-{i}"))
+                            .body(document(&tag, i).replacen(
+                                "\"currency\":\"EUR\"",
+                                "\"currency\":\"USD\"",
+                                1,
+                            ))
+                    }
+                    Op::Delete => http.delete(format!("{url}/{tag}-{i}")),
+                };
+                let expected = if op == Op::Post { 201 } else { 200 };
                 let t = Instant::now();
-                let outcome = http
-                    .post(url.as_str())
+                let outcome = request
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body)
                     .send()
                     .await;
                 let error = match outcome {
@@ -71,7 +104,7 @@ pub(crate) async fn run(
                         let status = r.status().as_u16();
                         let body = r.bytes().await;
                         match (status, body) {
-                            (201, Ok(_)) => None,
+                            (s, Ok(_)) if s == expected => None,
                             (s, Ok(b)) => {
                                 Some(format!("HTTP {s}: {}", String::from_utf8_lossy(&b)))
                             }
@@ -106,6 +139,7 @@ pub(crate) async fn run(
     let error_count = errors.len();
     errors.truncate(5);
     let json = json!({
+        "operation": format!("{op:?}").to_uppercase(),
         "concurrency": concurrency,
         "count": all.len(),
         "errors": error_count,

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::contract::error_body;
-use crate::faults::{Fault, FaultSpec};
+use crate::faults::{FailRule, Fault, FaultSpec};
 use crate::server::Body;
 use crate::state::{Shared, lock};
 
@@ -160,6 +160,16 @@ async fn post_fault(shared: &Shared, request: Request<Incoming>) -> Response<Bod
         }),
         FaultSpec::DropAfterAccept { count } => faults.push(Fault::DropAfterAccept { count }),
         FaultSpec::RejectIds(pattern) => faults.set_reject_ids(pattern.as_deref()),
+        FaultSpec::FailRate {
+            rate,
+            status,
+            retry_after,
+        } => {
+            let permille = (rate.clamp(0.0, 2.0) * 1000.0).round() as u32;
+            let mut rule = FailRule::new(1, status);
+            rule.retry_after = retry_after;
+            faults.push(Fault::FailRate { permille, rule })
+        }
     };
     match applied {
         Ok(()) => serialized(&faults.view()),

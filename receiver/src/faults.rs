@@ -79,6 +79,15 @@ pub enum Fault {
         /// How many accepted requests lose their response.
         count: u32,
     },
+    /// Fail each request (that no queued [`Fault::Fail`] rule takes) with probability
+    /// `permille`/1000, answering as `rule` says (its `count` is ignored). Replaces any earlier
+    /// rate; `permille: 0` turns it off.
+    FailRate {
+        /// Chance per request, in thousandths.
+        permille: u32,
+        /// Status and `Retry-After` of the failures.
+        rule: FailRule,
+    },
 }
 
 impl Fault {
@@ -147,6 +156,7 @@ pub(crate) struct Faults {
     latency: Option<Latency>,
     drop_after_accept: u32,
     reject_ids: Option<Arc<regex_lite::Regex>>,
+    fail_rate: Option<(u32, ActiveFail)>,
 }
 
 impl Faults {
@@ -166,6 +176,15 @@ impl Faults {
             }
             Fault::DropAfterAccept { count } => {
                 self.drop_after_accept = self.drop_after_accept.saturating_add(count);
+            }
+            Fault::FailRate { permille, rule } => {
+                if permille > 1000 {
+                    return Err(ReceiverError::Fault(format!(
+                        "a rate of {permille}/1000 is more than always"
+                    )));
+                }
+                let active = ActiveFail::parse(rule)?;
+                self.fail_rate = (permille > 0).then_some((permille, active));
             }
         }
         Ok(())
@@ -196,9 +215,13 @@ impl Faults {
         self.reject_ids.clone()
     }
 
-    /// Uses up one request of the first fail rule, if any.
+    /// Uses up one request of the first fail rule, if any; otherwise fails at the configured
+    /// rate, if any.
     pub(crate) fn take_fail(&mut self) -> Option<ActiveFail> {
-        let front = self.fail.front_mut()?;
+        let Some(front) = self.fail.front_mut() else {
+            let (permille, active) = self.fail_rate.as_ref()?;
+            return (rand::random_range(0..1000_u32) < *permille).then(|| active.clone());
+        };
         front.remaining = front.remaining.saturating_sub(1);
         let taken = front.clone();
         if front.remaining == 0 {
@@ -250,6 +273,7 @@ impl Faults {
             }),
             drop_after_accept: self.drop_after_accept,
             reject_ids: self.reject_ids.as_ref().map(|r| r.as_str().to_owned()),
+            fail_rate_permille: self.fail_rate.as_ref().map(|(p, _)| *p),
         }
     }
 }
@@ -262,6 +286,7 @@ pub(crate) struct FaultsView {
     latency: Option<LatencyView>,
     drop_after_accept: u32,
     reject_ids: Option<String>,
+    fail_rate_permille: Option<u32>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -291,6 +316,14 @@ pub(crate) enum FaultSpec {
     },
     /// `{"reject_ids":"^poison-"}`; `null` clears it.
     RejectIds(Option<String>),
+    /// `{"fail_rate":{"rate":0.05,"status":503,"retry_after":"1"}}`: each request fails with
+    /// that probability (after any queued `fail` rules); rate 0 turns it off.
+    FailRate {
+        rate: f64,
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<String>,
+    },
 }
 
 #[cfg(test)]
@@ -308,6 +341,43 @@ mod tests {
             .map(|f| f.status.as_u16())
             .collect();
         assert_eq!(statuses, [503, 503, 429]);
+    }
+
+    #[test]
+    fn a_fail_rate_fails_about_that_share_and_yields_to_queued_rules() {
+        let mut faults = Faults::default();
+        faults
+            .push(Fault::FailRate {
+                permille: 250,
+                rule: FailRule::new(1, 503),
+            })
+            .unwrap();
+        faults.push(Fault::fail(1, 429)).unwrap();
+        assert_eq!(
+            faults.take_fail().unwrap().status.as_u16(),
+            429,
+            "queued rules first"
+        );
+        let failed = (0..4000).filter(|_| faults.take_fail().is_some()).count();
+        assert!((800..1200).contains(&failed), "{failed} of 4000 at 25 %");
+        faults
+            .push(Fault::FailRate {
+                permille: 0,
+                rule: FailRule::new(1, 503),
+            })
+            .unwrap();
+        assert!(
+            (0..100).all(|_| faults.take_fail().is_none()),
+            "0 turns it off"
+        );
+        assert!(
+            faults
+                .push(Fault::FailRate {
+                    permille: 1001,
+                    rule: FailRule::new(1, 503)
+                })
+                .is_err()
+        );
     }
 
     #[test]

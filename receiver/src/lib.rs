@@ -86,6 +86,8 @@
 //!   requests, then close the connection without a response.
 //! - `{"reject_ids":"^poison-"}`: refuse (400) any request with an event id matching this
 //!   regex (`regex-lite` syntax); `{"reject_ids":null}` removes it.
+//! - `{"fail_rate":{"rate":0.05,"status":503,"retry_after":"1"}}`: fail each request (that no
+//!   queued `fail` rule takes) with that probability; `rate` 0 turns it off.
 //!
 //! Control errors use the same error shape, with `Content-Type: application/json`.
 //!
