@@ -23,7 +23,7 @@ chaos: ## Chaos suite at full scale (kills, restarts, outages); counts in target
 	CHAOS_SCALE=full scripts/chaos.sh
 
 .PHONY: bench
-bench: ## Measure write latency/throughput and drain throughput; JSON in target/bench/
+bench: ## Benchmark writes, lifecycle, drain, relays and faults; JSON in target/bench/
 	scripts/bench.sh $(ARGS)
 
 .PHONY: fmt
