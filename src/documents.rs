@@ -309,8 +309,10 @@ impl DocumentService {
             }
         };
         if let Some(d) = &document {
-            // The largest event this write can produce: the longest version number.
-            let data = change_data(Operation::Replaced, &id, u64::MAX, Some(d.json()));
+            // The largest event this write can produce: the longest version number, and a
+            // lineage as long as the ones this code mints (an ObjectId's hex digits).
+            let lineage = "0".repeat(24);
+            let data = change_data(Operation::Replaced, &id, u64::MAX, &lineage, Some(d.json()));
             let event = OutboxEvent::new(
                 EventId::for_change("", "", "", "", 0),
                 subject(&settings.collection, &id),
@@ -634,6 +636,7 @@ async fn apply(s: &mut ClientSession, txn: &Txn, plan: &Plan) -> mongodb::error:
             operation,
             &plan.id,
             revision.version,
+            &revision.lineage,
             plan.document
                 .as_ref()
                 .filter(|_| operation != Operation::Deleted)

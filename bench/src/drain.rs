@@ -82,7 +82,13 @@ pub(crate) async fn seed(
             format!("{collection}/{}", id.as_str()),
             event_type.clone(),
             "1.0".into(),
-            change_data(Operation::Created, &id, revision.version, Some(&body)),
+            change_data(
+                Operation::Created,
+                &id,
+                revision.version,
+                &revision.lineage,
+                Some(&body),
+            ),
             first_time + chrono::Duration::milliseconds(i64::try_from(i)?),
         );
         chunk.push(store::new_entry(&event, collection, id.as_str(), None));

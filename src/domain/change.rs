@@ -130,13 +130,15 @@ impl Revision {
     }
 }
 
-/// The event's `data`: `{"operation", "id", "version", "document"}`; a deletion has no
-/// `document`.
+/// The event's `data`: `{"operation", "id", "version", "lineage", "document"}`; a deletion
+/// has no `document`. `version` orders the changes of one lifetime of the document, `lineage`
+/// names that lifetime (a document deleted and created again starts a new one at version 1).
 #[derive(Serialize)]
 struct ChangeData<'a> {
     operation: &'static str,
     id: &'a str,
     version: u64,
+    lineage: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     document: Option<&'a RawValue>,
 }
@@ -147,12 +149,14 @@ pub fn change_data(
     op: Operation,
     id: &DocumentId,
     version: u64,
+    lineage: &str,
     document: Option<&RawValue>,
 ) -> Box<RawValue> {
     let data = ChangeData {
         operation: op.as_str(),
         id: id.as_str(),
         version,
+        lineage,
         document,
     };
     // Strings, a number and an already-valid RawValue always serialize.
@@ -208,16 +212,16 @@ mod tests {
     }
 
     #[test]
-    fn change_data_carries_operation_id_version_and_document() {
+    fn change_data_carries_operation_id_version_lineage_and_document() {
         let id = DocumentId::parse("o-1").unwrap();
         let doc = RawValue::from_string(r#"{"_id":"o-1","a":1}"#.into()).unwrap();
         assert_eq!(
-            change_data(Operation::Replaced, &id, 2, Some(&doc)).get(),
-            r#"{"operation":"replaced","id":"o-1","version":2,"document":{"_id":"o-1","a":1}}"#
+            change_data(Operation::Replaced, &id, 2, "L1", Some(&doc)).get(),
+            r#"{"operation":"replaced","id":"o-1","version":2,"lineage":"L1","document":{"_id":"o-1","a":1}}"#
         );
         assert_eq!(
-            change_data(Operation::Deleted, &id, 3, None).get(),
-            r#"{"operation":"deleted","id":"o-1","version":3}"#
+            change_data(Operation::Deleted, &id, 3, "L1", None).get(),
+            r#"{"operation":"deleted","id":"o-1","version":3,"lineage":"L1"}"#
         );
     }
 }

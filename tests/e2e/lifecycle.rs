@@ -179,6 +179,31 @@ async fn a_document_created_again_after_delete_gets_new_event_ids() {
     );
     assert_ne!(again.header("ETag"), first.header("ETag"));
     assert_eq!(db.count_entries().await, 3);
+    // Each lifetime's events name their own lineage, so a consumer can tell the new
+    // version 1 from the old one.
+    let lineage_of = |r: &crate::support::host::CallerResponse| {
+        let etag = r.header("ETag").unwrap().trim_matches('"').to_owned();
+        etag.rsplit_once('.').unwrap().0.to_owned()
+    };
+    let mut lineages: Vec<(String, String)> = db
+        .entries_data()
+        .await
+        .into_iter()
+        .map(|d| {
+            (
+                d["lineage"].as_str().unwrap().to_owned(),
+                d["operation"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    lineages.sort();
+    let mut expected = vec![
+        (lineage_of(&first), "created".to_owned()),
+        (lineage_of(&first), "deleted".to_owned()),
+        (lineage_of(&again), "created".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(lineages, expected);
     db.drop().await;
 }
 

@@ -28,6 +28,13 @@ async fn a_document_and_its_outbox_entry_are_written_together() {
     assert_eq!(res.body["id"], "report-7");
     let event_id = res.body["eventId"].as_str().unwrap().to_owned();
     assert_eq!(res.header("Location"), Some("/api/documents/report-7"));
+    // The ETag is "<lineage>.<version>"; the event names the same lineage.
+    let etag = res
+        .header("ETag")
+        .expect("an ETag")
+        .trim_matches('"')
+        .to_owned();
+    let lineage = etag.strip_suffix(".1").expect("version 1").to_owned();
     let stored = db
         .documents()
         .find_one(doc! { "_id": "report-7" })
@@ -50,6 +57,7 @@ async fn a_document_and_its_outbox_entry_are_written_together() {
             "operation": "created",
             "id": "report-7",
             "version": 1,
+            "lineage": lineage,
             "document": {"_id":"report-7","title":"quarterly report","pages":7,"tags":["q3"]}
         })
     );

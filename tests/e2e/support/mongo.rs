@@ -109,6 +109,30 @@ impl TestDb {
             .unwrap()
     }
 
+    /// The `data` of every entry's event, parsed.
+    pub async fn entries_data(&self) -> Vec<serde_json::Value> {
+        use futures_util::TryStreamExt as _;
+        let entries: Vec<Document> = self
+            .outbox()
+            .find(doc! { "_outbox": { "$exists": true } })
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .map(|e| {
+                let data = e
+                    .get_document("_outbox")
+                    .and_then(|o| o.get_document("event"))
+                    .and_then(|ev| ev.get_str("data"))
+                    .expect("an entry's event data");
+                serde_json::from_str(data).expect("event data is JSON")
+            })
+            .collect()
+    }
+
     pub async fn count_entries_with(&self, status: &str) -> u64 {
         self.outbox()
             .count_documents(doc! { "_outbox.status": status })
