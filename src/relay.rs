@@ -85,6 +85,10 @@ pub struct RelayReport {
     pub remaining: Option<u64>,
     /// How long the run took.
     pub duration_ms: u64,
+    /// The longest time, among the entries this run published, from the write of the change
+    /// to its entry being marked published: the commit-to-publish lag to alert on. `None` when
+    /// nothing was published.
+    pub max_lag_ms: Option<u64>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<StopReason>,
 }
@@ -117,6 +121,9 @@ impl RelayReport {
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
             self.duration_ms,
         );
+        if let Some(lag) = self.max_lag_ms {
+            s.push_str(&format!("; longest commit-to-publish lag {lag} ms"));
+        }
         if self.deferred > 0 {
             s.push_str(&format!(
                 "; {} deferred behind older entries of their subject",
@@ -149,6 +156,7 @@ impl RelayReport {
         self.dead_lettered += b.dead_lettered;
         self.released += b.released;
         self.requests += b.requests;
+        self.max_lag_ms = self.max_lag_ms.max(b.max_lag_ms);
     }
 }
 
@@ -161,6 +169,8 @@ struct BatchReport {
     dead_lettered: u64,
     released: u64,
     requests: u64,
+    /// See [`RelayReport::max_lag_ms`].
+    max_lag_ms: Option<u64>,
     stop: Option<StopReason>,
 }
 
@@ -306,6 +316,7 @@ impl Relay {
                     deferred = report.deferred,
                     remaining = report.remaining,
                     duration_ms = report.duration_ms,
+                    max_lag_ms = report.max_lag_ms,
                     "{}",
                     report.summary()
                 )
@@ -455,6 +466,14 @@ impl InFlight {
         match marked {
             Ok(n) => {
                 report.published += n;
+                let oldest = report
+                    .accepted
+                    .iter()
+                    .flat_map(|r| self.entries[r.clone()].iter())
+                    .map(|e| e.event.event_time)
+                    .min();
+                report.max_lag_ms =
+                    oldest.map(|t| u64::try_from((now - t).num_milliseconds()).unwrap_or(0));
                 if n < expected as u64 {
                     tracing::warn!(
                         expected,

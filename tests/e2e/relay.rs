@@ -80,6 +80,38 @@ async fn every_committed_event_is_published_exactly_once_absent_faults() {
 }
 
 #[tokio::test]
+async fn a_run_reports_the_longest_commit_to_publish_lag() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let s = settings(&db, &rx, &[]);
+    write_documents(&s, 3, doc).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Utc::now();
+    write_documents(&s, 3, |i| doc(i + 3)).await;
+    let relay = relay(&s);
+
+    let report = drain(&relay).await;
+    let after = Utc::now();
+
+    assert_eq!(report.published, 6, "{report:?}");
+    let lag = report
+        .max_lag_ms
+        .expect("a lag when something was published");
+    // The oldest change waited at least the pause, and never longer than the test ran.
+    assert!(lag >= 400, "{report:?}");
+    let bound = u64::try_from((after - started).num_milliseconds()).unwrap() + 400 + 2_000;
+    assert!(lag <= bound, "{lag} ms > {bound} ms");
+    assert!(
+        report.summary().contains(&format!("lag {lag} ms")),
+        "{}",
+        report.summary()
+    );
+    let idle = drain(&relay).await;
+    assert_eq!(idle.max_lag_ms, None, "nothing published, no lag: {idle:?}");
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn an_outage_leaves_entries_pending_with_retry_state_then_all_are_published() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;
