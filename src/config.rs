@@ -32,7 +32,7 @@
 //! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`) |
 //! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay |
 //! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay |
-//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL) |
+//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes) |
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
 //! | `EVENTGRID_TOPIC_KEY` | — | topic access key (secret), sent as `aeg-sas-key`; without it, Entra ID |
 //! | `EVENTGRID_CREDENTIAL` | `managed-identity` | Entra ID credential: `managed-identity` or `developer` (Azure CLI / azd) |
@@ -191,7 +191,7 @@ pub struct MongoSettings {
     pub outbox_collection: String,
     /// Budget of one document write, transaction retries included.
     pub write_timeout: Duration,
-    /// How long published entries are kept before the TTL index removes them.
+    /// How long published entries are kept before the TTL index (or the relay) removes them.
     pub retention: Duration,
     /// Where entries live.
     pub placement: PlacementSetting,

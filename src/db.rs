@@ -208,6 +208,8 @@ pub struct Ready {
     pub placement: Placement,
     /// Name of the collection holding entries and idempotency records.
     pub entries_collection: String,
+    /// Whether TTL indexes remove expired data, or the relay must.
+    pub expiry: store::Expiry,
 }
 
 /// The database, connected on first use.
@@ -219,7 +221,7 @@ pub struct Ready {
 pub struct Db {
     settings: MongoSettings,
     client: OnceCell<Client>,
-    prepared: OnceCell<Placement>,
+    prepared: OnceCell<(Placement, store::Expiry)>,
 }
 
 impl std::fmt::Debug for Db {
@@ -282,12 +284,12 @@ impl Db {
     pub async fn ready(&self) -> Result<Ready, DbError> {
         let client = self.client().await?;
         let db = client.database(&self.settings.database);
-        let placement = *self
+        let (placement, expiry) = *self
             .prepared
             .get_or_try_init(|| async {
                 let placement = resolve_placement(client, &db, &self.settings).await?;
-                ensure_indexes(&db, &self.settings, placement).await?;
-                Ok::<_, DbError>(placement)
+                let expiry = ensure_indexes(&db, &self.settings, placement).await?;
+                Ok::<_, DbError>((placement, expiry))
             })
             .await?;
         let entries_collection = match placement {
@@ -298,6 +300,7 @@ impl Db {
             database: db,
             placement,
             entries_collection,
+            expiry,
         })
     }
 }
@@ -397,8 +400,9 @@ fn is_cosmos_ru_host(settings: &MongoSettings) -> bool {
     })
 }
 
-/// Creates the collections and indexes for `placement`, idempotently. Safe to run at every
-/// start and from several instances at once.
+/// Creates the collections and indexes for `placement`, idempotently, and says whether TTL
+/// indexes will remove expired data. Safe to run at every start and from several instances at
+/// once.
 ///
 /// # Errors
 /// When the database cannot be reached or refuses to create a collection or index.
@@ -407,7 +411,7 @@ pub async fn ensure_indexes(
     db: &Database,
     settings: &MongoSettings,
     placement: Placement,
-) -> Result<(), DbError> {
+) -> Result<store::Expiry, DbError> {
     // Collections must exist before the first transaction: Cosmos DB cannot create them inside
     // one, and unique indexes can only be built while a collection is empty.
     create_collection(db, &settings.collection).await?;
@@ -418,7 +422,7 @@ pub async fn ensure_indexes(
         }
         Placement::Colocated => &settings.collection,
     };
-    store::ensure_indexes(
+    let expiry = store::ensure_indexes(
         db,
         entries,
         settings.retention,
@@ -430,9 +434,11 @@ pub async fn ensure_indexes(
         collection = %settings.collection,
         entries_collection = %entries,
         placement = ?placement,
+        published_by_ttl = expiry.published_by_ttl,
+        records_by_ttl = expiry.records_by_ttl,
         "Collections and indexes are in place"
     );
-    Ok(())
+    Ok(expiry)
 }
 
 async fn create_collection(db: &Database, name: &str) -> Result<(), DbError> {

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RelaySettings;
 use crate::db::{Db, DbError};
 use crate::domain::{EventId, MAX_EVENT_BYTES};
-use crate::outbox::store::{Claim, ClaimToken, OutboxStore};
+use crate::outbox::store::{Claim, ClaimToken, Expiry, OutboxStore};
 use crate::outbox::{ClaimedEntry, LastError};
 use crate::publisher::backoff::{persisted_delay, quick_retry_delay};
 use crate::publisher::batch::{self, MAX_REQUEST_BYTES, MAX_REQUEST_EVENTS};
@@ -81,6 +81,9 @@ pub struct RelayReport {
     pub deferred: u64,
     /// Publish requests sent.
     pub requests: u64,
+    /// Published entries past the retention and expired idempotency records deleted by this
+    /// run, where the server has no TTL index for them.
+    pub purged: u64,
     /// Entries pending after the run (due or not), if the database could tell.
     pub remaining: Option<u64>,
     /// How long the run took.
@@ -121,6 +124,9 @@ impl RelayReport {
                 .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
             self.duration_ms,
         );
+        if self.purged > 0 {
+            s.push_str(&format!("; {} expired removed", self.purged));
+        }
         if let Some(lag) = self.max_lag_ms {
             s.push_str(&format!("; longest commit-to-publish lag {lag} ms"));
         }
@@ -300,6 +306,8 @@ impl Relay {
         }
         if shutdown.is_cancelled() {
             report.stopped.get_or_insert(StopReason::Shutdown);
+        } else if db.expiry != Expiry::BY_TTL {
+            report.purged = self.purge(&store, db.expiry, deadline).await;
         }
         report.remaining = store.count_pending().await.ok();
         report.duration_ms = millis(started.elapsed());
@@ -317,6 +325,7 @@ impl Relay {
                     remaining = report.remaining,
                     duration_ms = report.duration_ms,
                     max_lag_ms = report.max_lag_ms,
+                    purged = report.purged,
                     "{}",
                     report.summary()
                 )
@@ -328,6 +337,45 @@ impl Relay {
             summary!(error);
         }
         report
+    }
+
+    /// Where the server refused a TTL index: deletes what it would have removed (published
+    /// entries past the retention, expired idempotency records) in batches of at most
+    /// `OUTBOX_BATCH_SIZE`, while the run's budget lasts. Returns how many went. A failure
+    /// (throttling, say) ends it for this run; the next one goes on.
+    async fn purge(&self, store: &OutboxStore, expiry: Expiry, deadline: Instant) -> u64 {
+        let limit = self.settings.batch_size.get() as usize;
+        let retention = chrono::Duration::from_std(self.db.settings().retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let mut purged = 0;
+        for published in [true, false] {
+            if (published && expiry.published_by_ttl) || (!published && expiry.records_by_ttl) {
+                continue;
+            }
+            while Instant::now() + self.lease_margin() < deadline {
+                let now = Utc::now();
+                let done = if published {
+                    store
+                        .purge_published(now.checked_sub_signed(retention).unwrap_or(now), limit)
+                        .await
+                } else {
+                    store.purge_expired_records(now, limit).await
+                };
+                match done {
+                    Ok(n) => {
+                        purged += n;
+                        if n < limit as u64 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %chain(&e), "Cannot delete expired outbox data; the next run tries again");
+                        return purged;
+                    }
+                }
+            }
+        }
+        purged
     }
 
     fn lease_margin(&self) -> Duration {

@@ -84,6 +84,8 @@ pub struct ProxyConfig {
     pub txn_limit: Duration,
     /// Refuse the first command of a transaction that touches a second collection.
     pub enforce_one_collection: bool,
+    /// Refuse TTL indexes on any field but `_ts`, as Cosmos DB RU does.
+    pub ttl_only_on_ts: bool,
     /// Probability (0–1) that a matching command is throttled with 16500.
     pub throttle_rate: f64,
     /// The `RetryAfterMs=<n>` value in 16500 messages.
@@ -115,6 +117,7 @@ impl Default for ProxyConfig {
         Self {
             txn_limit: DEFAULT_TXN_LIMIT,
             enforce_one_collection: true,
+            ttl_only_on_ts: true,
             throttle_rate: 0.0,
             retry_after_ms: DEFAULT_RETRY_AFTER_MS,
             throttle_match: Match::data(),

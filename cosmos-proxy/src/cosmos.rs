@@ -8,6 +8,7 @@
 //! | throttled | 16500 `TooManyRequests` | Microsoft Learn, "Troubleshoot common issues in Azure Cosmos DB for MongoDB" (code and name); the errmsg layout `Error=16500, RetryAfterMs=<n>, Details='Response status code does not indicate success: TooManyRequests (429); Substatus: 3200; ActivityId: …; Reason: (…Request rate is large…)'` is copied from errors users posted, not from Microsoft docs |
 //! | server-side retry gave up | 50 `ExceededTimeLimit` | Microsoft Learn, "Prevent rate-limiting errors" (60 s, code 50) and the troubleshooting table ("Retrying a write operation that has received this error may result in a duplicate write"); the errmsg `Request timed out. Retries due to rate limiting: True.` is from a user's report on Microsoft Q&A |
 //! | transaction past 5 s | 2, "Transaction isn't active" | Microsoft Learn troubleshooting table (code 2; that page words it "isn't"). Errors users posted from real accounts say `Error=2, Details='Response status code does not indicate success: BadRequest (400); Substatus: 1101; …Reason: (Message: {"Errors":["Transaction is not active"]}…'`, arriving as a *write error* (`writeErrors[0].code == 2`) on insert/delete. The codeName (`BadValue`, MongoDB's name for 2) is a guess; so is the absence of a `TransientTransactionError` label (not documented either way) |
+//! | TTL index on a field other than `_ts` | 67 `CannotCreateIndex` | Microsoft Learn, "Expire data with Azure Cosmos DB for MongoDB": a TTL index is an index on `_ts` with `expireAfterSeconds`. The code and wording of the refusal are **guessed**; code that copes with it must not depend on them |
 //! | second collection in a transaction | 2, as above | **Guessed.** Microsoft only says transactions are "not supported across collections". Frameworks that write two collections in one transaction (Payload CMS deletes, Mongock's change log) report exactly the code-2 "Transaction is not active" write error above, so the proxy answers the same |
 //!
 //! [`TxnErrorStyle::NoSuchTransaction`] swaps the
@@ -28,6 +29,8 @@ pub const TRANSACTION_NOT_ACTIVE: i32 = 2;
 /// MongoDB's code for an unknown or aborted transaction, used by
 /// [`TxnErrorStyle::NoSuchTransaction`].
 pub const NO_SUCH_TRANSACTION: i32 = 251;
+/// MongoDB's code for an index that cannot be created, used for a refused TTL index.
+pub const CANNOT_CREATE_INDEX: i32 = 67;
 /// The error label that makes drivers retry a whole transaction.
 pub const TRANSIENT_TRANSACTION_ERROR: &str = "TransientTransactionError";
 
@@ -85,6 +88,9 @@ pub(crate) struct CommandInfo {
     pub(crate) namespaces: Vec<String>,
     /// Present when the command is part of a multi-document transaction.
     pub(crate) txn: Option<TxnRef>,
+    /// A `createIndexes` asking for a TTL index (`expireAfterSeconds`) on anything but
+    /// `{_ts: 1}`, which Cosmos DB RU does not offer.
+    pub(crate) ttl_on_custom_field: bool,
 }
 
 impl CommandInfo {
@@ -119,6 +125,7 @@ impl CommandInfo {
         }
         Self {
             txn: txn_ref(body),
+            ttl_on_custom_field: name == "createIndexes" && asks_ttl_on_custom_field(body),
             name,
             namespaces,
         }
@@ -134,6 +141,24 @@ impl CommandInfo {
     pub(crate) fn is_data(&self) -> bool {
         self.is_write() || READ_COMMANDS.contains(&self.name.as_str())
     }
+}
+
+fn asks_ttl_on_custom_field(body: &RawDocument) -> bool {
+    let Ok(indexes) = body.get_array("indexes") else {
+        return false;
+    };
+    indexes
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_document())
+        .filter(|i| i.get("expireAfterSeconds").ok().flatten().is_some())
+        .any(|i| {
+            let keys: Vec<&str> = i
+                .get_document("key")
+                .map(|k| k.into_iter().flatten().map(|(name, _)| name).collect())
+                .unwrap_or_default();
+            keys != ["_ts"]
+        })
 }
 
 fn txn_ref(body: &RawDocument) -> Option<TxnRef> {
@@ -208,6 +233,18 @@ impl CosmosError {
             code: EXCEEDED_TIME_LIMIT,
             code_name: "ExceededTimeLimit",
             errmsg: "Request timed out. Retries due to rate limiting: True.".to_owned(),
+            labels: Vec::new(),
+            as_write_error: false,
+        }
+    }
+
+    /// The refusal of a TTL index on a field other than `_ts`.
+    pub(crate) fn ttl_on_custom_field() -> Self {
+        Self {
+            code: CANNOT_CREATE_INDEX,
+            code_name: "CannotCreateIndex",
+            errmsg: "The expireAfterSeconds option is supported on the '_ts' field only."
+                .to_owned(),
             labels: Vec::new(),
             as_write_error: false,
         }

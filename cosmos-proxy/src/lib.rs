@@ -17,6 +17,8 @@
 //! 5. **Error 50**: for the next N matching commands the command is forwarded (it *is*
 //!    applied) and the client is told 50 `ExceededTimeLimit`, as when Cosmos DB's server-side
 //!    retry gives up after 60 s.
+//! 6. **TTL on `_ts` only**: a `createIndexes` asking for a TTL index on any other field is
+//!    refused (`ProxyConfig::ttl_only_on_ts`, on by default).
 //!
 //! The exact error documents, and which parts come from Microsoft's documentation and which
 //! are inferred, are in [`cosmos`].
@@ -358,6 +360,12 @@ impl ProxyHandle {
     pub fn set_enforce_one_collection(&self, enforce: bool) {
         self.shared
             .update(|config, _, _| config.enforce_one_collection = enforce);
+    }
+
+    /// Turns the refusal of TTL indexes on fields other than `_ts` on or off.
+    pub fn set_ttl_only_on_ts(&self, only: bool) {
+        self.shared
+            .update(|config, _, _| config.ttl_only_on_ts = only);
     }
 
     /// Sets the wording of "transaction is not active" errors.

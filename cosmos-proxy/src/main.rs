@@ -57,6 +57,9 @@ struct Args {
     /// Seed for the throttle's random draws.
     #[arg(long)]
     seed: Option<u64>,
+    /// Accept TTL indexes on any field (Cosmos DB RU offers them on `_ts` only).
+    #[arg(long)]
+    allow_custom_ttl: bool,
 }
 
 #[tokio::main]
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             Match::data()
         },
         seed: args.seed,
+        ttl_only_on_ts: !args.allow_custom_ttl,
         ..ProxyConfig::default()
     };
     let proxy = cosmos_ru_proxy::start(config, args.listen, args.upstream)

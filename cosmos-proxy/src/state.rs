@@ -349,6 +349,13 @@ impl Inner {
     }
 
     fn decide_plain(&mut self, info: &CommandInfo) -> Decision {
+        if self.config.ttl_only_on_ts && info.ttl_on_custom_field {
+            self.stats.refused_ttl_indexes += 1;
+            return Decision::Refuse {
+                error: CosmosError::ttl_on_custom_field(),
+                abort: None,
+            };
+        }
         if self.throttle_hits(info, &[]) {
             self.stats.throttled_commands += 1;
             return Decision::Refuse {
@@ -637,6 +644,30 @@ mod tests {
         assert_eq!(log[0].outcome, TxnOutcome::Superseded);
         assert_eq!(log[1].namespaces, ["d.b"]);
         assert_eq!(state.stats().cross_collection_refusals, 0);
+    }
+
+    #[test]
+    fn ttl_indexes_are_refused_except_on_ts() {
+        let state = shared(ProxyConfig::default());
+        let create = |key: Document, ttl: bool| {
+            let mut index = doc! { "key": key, "name": "i" };
+            if ttl {
+                index.insert("expireAfterSeconds", 60);
+            }
+            command(&doc! { "createIndexes": "c", "indexes": [index], "$db": "d" })
+        };
+        let refused = |info: &CommandInfo| {
+            matches!(
+                state.decide(info),
+                Decision::Refuse { error, .. } if error.code == crate::cosmos::CANNOT_CREATE_INDEX
+            )
+        };
+        assert!(refused(&create(doc! { "_outbox.published_at": 1 }, true)));
+        assert!(!refused(&create(doc! { "_ts": 1 }, true)));
+        assert!(!refused(&create(doc! { "_outbox.published_at": 1 }, false)));
+        assert_eq!(state.stats().refused_ttl_indexes, 1);
+        state.update(|config, _, _| config.ttl_only_on_ts = false);
+        assert!(!refused(&create(doc! { "a": 1 }, true)));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct ProxyStats {
     pub cross_collection_refusals: u64,
     /// Transactions aborted for exceeding the transaction limit.
     pub expired_transactions: u64,
+    /// `createIndexes` commands refused for a TTL index on a field other than `_ts`.
+    pub refused_ttl_indexes: u64,
     /// Commands answered with 16500 instead of being forwarded.
     pub throttled_commands: u64,
     /// Commands forwarded, then answered with error 50 instead of the real reply.

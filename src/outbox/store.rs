@@ -66,6 +66,28 @@ pub const CLAIM_INDEX: &str = "outbox_claim";
 pub const SUBJECT_INDEX: &str = "outbox_subject";
 /// Name of the TTL index that removes published entries.
 pub const RETENTION_INDEX: &str = "outbox_published_ttl";
+/// Plain index on the idempotency records' expiry, made only where the TTL index was refused,
+/// so the relay's bounded deletes find expired records without a scan.
+pub const EXPIRY_PLAIN_INDEX: &str = "outbox_idempotency_expiry_plain";
+
+/// How expired outbox data goes away: by the server's TTL indexes, or, where the server
+/// refused them (Cosmos DB for MongoDB RU offers TTL on `_ts` only), by the relay's bounded
+/// deletes after each run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// Published entries are removed by the TTL index after the retention.
+    pub published_by_ttl: bool,
+    /// Expired idempotency records are removed by the TTL index.
+    pub records_by_ttl: bool,
+}
+
+impl Expiry {
+    /// Both by TTL: nothing for the relay to delete.
+    pub const BY_TTL: Self = Self {
+        published_by_ttl: true,
+        records_by_ttl: true,
+    };
+}
 /// Failures kept in an entry's history.
 const HISTORY_LEN: i32 = 10;
 
@@ -588,6 +610,84 @@ impl OutboxStore {
         Ok(r.modified_count)
     }
 
+    /// Deletes up to `limit` published entries published before `cutoff`, oldest first,
+    /// through the claim index (a published entry's `due_at` is the end of the lease it was
+    /// published under, so it bounds the search); returns how many went. For servers without
+    /// a TTL index: small deletes, never inside a business transaction.
+    ///
+    /// # Errors
+    /// When the database fails; nothing is lost, the next run goes on.
+    pub async fn purge_published(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        let published = EntryStatus::Published.as_str();
+        let filter = doc! {
+            field::STATUS: published,
+            field::DUE_AT: { "$lt": bson_time(cutoff) },
+            field::PUBLISHED_AT: { "$lt": bson_time(cutoff) },
+        };
+        let ids = self
+            .ids_matching(filter, doc! { field::STATUS: 1, field::DUE_AT: 1 }, limit)
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let r = self
+            .entries
+            .delete_many(doc! { "_id": { "$in": ids }, field::STATUS: published })
+            .await?;
+        Ok(r.deleted_count)
+    }
+
+    /// Deletes up to `limit` idempotency records that expired before `now`; returns how many
+    /// went. For servers without a TTL index (see [`Self::purge_published`]).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn purge_expired_records(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        let expired = doc! { super::idempotency::EXPIRES_AT: { "$lte": bson_time(now) } };
+        let ids = self
+            .ids_matching(
+                expired.clone(),
+                doc! { super::idempotency::EXPIRES_AT: 1 },
+                limit,
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut filter = expired;
+        filter.insert("_id", doc! { "$in": ids });
+        Ok(self.entries.delete_many(filter).await?.deleted_count)
+    }
+
+    async fn ids_matching(
+        &self,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<Bson>, DbError> {
+        let found: Vec<Document> = self
+            .entries
+            .find(filter)
+            .sort(sort)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|mut d| d.remove("_id"))
+            .collect())
+    }
+
     /// Entries not yet published, from the claim index.
     ///
     /// # Errors
@@ -857,9 +957,9 @@ impl OutboxStore {
 /// In the documents' own collection (`colocated`) the claim index is partial, covering entries
 /// only; a server that refuses partial indexes gets a plain one (documents then sit in it
 /// under a null key, which costs space, not correctness). A server that refuses a TTL index
-/// (Cosmos DB accounts without per-field TTL) keeps published entries and expired idempotency
-/// records until removed otherwise; that is logged, not fatal: nothing is lost, and expired
-/// records are ignored when read.
+/// (Cosmos DB for MongoDB RU offers TTL on `_ts` only) is logged, not fatal: the returned
+/// [`Expiry`] tells the relay to delete that data itself in small batches (expired records are
+/// ignored when read meanwhile), and expired records get a plain index to be found by.
 ///
 /// # Errors
 /// When the claim index cannot be created: without it the claim query would scan (and fail on
@@ -870,7 +970,7 @@ pub async fn ensure_indexes(
     retention: Duration,
     colocated: bool,
     ordered_by_subject: bool,
-) -> Result<(), DbError> {
+) -> Result<Expiry, DbError> {
     let entries: Collection<Document> = db.collection(collection);
     if ordered_by_subject {
         entries
@@ -923,7 +1023,7 @@ pub async fn ensure_indexes(
         }
         Err(e) => return Err(classify(e)),
     }
-    ensure_ttl(
+    let published_by_ttl = ensure_ttl(
         db,
         &entries,
         RETENTION_INDEX,
@@ -932,7 +1032,7 @@ pub async fn ensure_indexes(
         "published outbox entries",
     )
     .await?;
-    ensure_ttl(
+    let records_by_ttl = ensure_ttl(
         db,
         &entries,
         super::idempotency::EXPIRY_INDEX,
@@ -941,7 +1041,27 @@ pub async fn ensure_indexes(
         "expired idempotency records",
     )
     .await?;
-    Ok(())
+    if !records_by_ttl {
+        // The relay deletes expired records itself; this index finds them.
+        let plain = |sparse: bool| {
+            IndexModel::builder()
+                .keys(doc! { super::idempotency::EXPIRES_AT: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name(EXPIRY_PLAIN_INDEX.to_owned())
+                        .sparse(sparse)
+                        .build(),
+                )
+                .build()
+        };
+        if entries.create_index(plain(true)).await.is_err() {
+            entries.create_index(plain(false)).await?;
+        }
+    }
+    Ok(Expiry {
+        published_by_ttl,
+        records_by_ttl,
+    })
 }
 
 fn classify_ref_retryable(e: &mongodb::error::Error) -> bool {
@@ -955,7 +1075,7 @@ async fn ensure_ttl(
     path: &str,
     after: Duration,
     what: &str,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     // Sparse: only documents that have the field (published entries, idempotency records)
     // are in the index, so writing a pending entry or a document costs it nothing.
     let ttl = |sparse: bool| {
@@ -1002,9 +1122,10 @@ async fn ensure_ttl(
             tracing::warn!(
                 error = %crate::telemetry::chain(&e),
                 index = name,
-                "The database refused the TTL index for {what}; they will be kept until removed by hand (on Cosmos DB for MongoDB RU, enable per-field TTL)"
+                "The database refused the TTL index for {what}; the relay deletes them in small batches after each run instead"
             );
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -321,3 +321,110 @@ async fn a_transaction_past_the_time_limit_commits_nothing() {
     db.drop().await;
     proxy.shutdown().await;
 }
+
+/// Cosmos DB RU offers TTL on `_ts` only, so the proxy refuses the outbox's TTL indexes; the
+/// relay then deletes published entries past the retention and expired idempotency records
+/// itself, in batches, and nothing else: not documents, not pending or dead entries, not
+/// records still in force.
+#[tokio::test]
+async fn without_ttl_indexes_the_relay_removes_expired_data_and_nothing_else() {
+    use chrono::{Duration as Age, Utc};
+    let proxy = proxy().await;
+    let db = TestDb::with(&[("OUTBOX_PLACEMENT", "colocated")]).await;
+    // The test database got its TTL indexes straight from mongod; take them away so that
+    // only the relay can delete anything.
+    for index in ["outbox_published_ttl", "outbox_idempotency_expiry"] {
+        db.outbox().drop_index(index).await.unwrap();
+    }
+    let rx = receiver::start().await;
+    let handler = Handler::functions(&through(&proxy, app_settings(&db, &rx, &[]))).await;
+    for i in 0..6 {
+        let res = handler
+            .write(
+                &ClientRequest::post_json(format!(r#"{{"_id":"ttl-{i}"}}"#))
+                    .header("Idempotency-Key", &format!("key-{i}")),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{:?}", res.body);
+    }
+    let relay_settings = through(
+        &proxy,
+        app_settings(&db, &rx, &[("OUTBOX_BATCH_SIZE", "2")]),
+    );
+    let relay = relay(
+        &outbox_relay::config::Settings::from_env(&outbox_relay::config::Env::from_map(
+            relay_settings.into_iter().collect(),
+        ))
+        .unwrap(),
+    );
+    let first = drain(&relay).await;
+    assert_eq!((first.published, first.purged), (6, 0), "{first:?}");
+    assert!(proxy.handle().stats().refused_ttl_indexes >= 1);
+    let indexes = db.outbox().list_index_names().await.unwrap();
+    assert!(
+        indexes
+            .iter()
+            .any(|i| i == "outbox_idempotency_expiry_plain"),
+        "a plain index finds expired records: {indexes:?}"
+    );
+
+    // Age some of it: three published entries past the 168 h retention, one dead entry as
+    // old, two idempotency records expired.
+    let old =
+        mongodb::bson::DateTime::from_millis((Utc::now() - Age::hours(200)).timestamp_millis());
+    let entry_of = |i: usize| doc! { "_outbox.document.id": format!("ttl-{i}") };
+    for i in 0..3 {
+        db.outbox()
+            .update_one(
+                entry_of(i),
+                doc! { "$set": { "_outbox.published_at": old, "_outbox.due_at": old } },
+            )
+            .await
+            .unwrap();
+    }
+    db.outbox()
+        .update_one(entry_of(3), doc! { "$set": { "_outbox.status": "dead", "_outbox.due_at": old }, "$unset": { "_outbox.published_at": "" } })
+        .await
+        .unwrap();
+    for i in 0..2 {
+        db.outbox()
+            .update_one(
+                doc! { "_id.idempotency_key": format!("key-{i}") },
+                doc! { "$set": { "_idempotency.expires_at": old } },
+            )
+            .await
+            .unwrap();
+    }
+
+    let second = drain(&relay).await;
+
+    assert_eq!(second.purged, 5, "3 entries and 2 records: {second:?}");
+    assert!(
+        second.summary().contains("5 expired removed"),
+        "{}",
+        second.summary()
+    );
+    let remaining_entries: HashSet<String> = db
+        .entries_data()
+        .await
+        .into_iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        remaining_entries,
+        ["ttl-3", "ttl-4", "ttl-5"].map(str::to_owned).into(),
+        "the recent and the dead entries stay"
+    );
+    assert_eq!(db.count_entries_with("dead").await, 1);
+    let records = db
+        .outbox()
+        .count_documents(doc! { "_idempotency": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(records, 4, "records still in force stay");
+    assert_eq!(db.count_documents().await, 6, "documents are never touched");
+    let third = drain(&relay).await;
+    assert_eq!(third.purged, 0, "{third:?}");
+    db.drop().await;
+    proxy.shutdown().await;
+}
