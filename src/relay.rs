@@ -345,8 +345,8 @@ impl Relay {
     /// (throttling, say) ends it for this run; the next one goes on.
     async fn purge(&self, store: &OutboxStore, expiry: Expiry, deadline: Instant) -> u64 {
         let limit = self.settings.batch_size.get() as usize;
-        let retention = chrono::Duration::from_std(self.db.settings().retention)
-            .unwrap_or(chrono::Duration::MAX);
+        // A retention too long to subtract from now: nothing is that old.
+        let retention = chrono::Duration::from_std(self.db.settings().retention).ok();
         let mut purged = 0;
         for published in [true, false] {
             if (published && expiry.published_by_ttl) || (!published && expiry.records_by_ttl) {
@@ -355,9 +355,10 @@ impl Relay {
             while Instant::now() + self.lease_margin() < deadline {
                 let now = Utc::now();
                 let done = if published {
-                    store
-                        .purge_published(now.checked_sub_signed(retention).unwrap_or(now), limit)
-                        .await
+                    let Some(cutoff) = retention.and_then(|r| now.checked_sub_signed(r)) else {
+                        break;
+                    };
+                    store.purge_published(cutoff, limit).await
                 } else {
                     store.purge_expired_records(now, limit).await
                 };
