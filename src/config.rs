@@ -146,6 +146,20 @@ impl Env {
     }
 }
 
+/// A whole number of hours between 1 and what a MongoDB TTL index can hold
+/// (`expireAfterSeconds` is a 32-bit number of seconds).
+fn ttl_hours(env: &Env, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    const MAX_HOURS: u64 = i32::MAX as u64 / 3600;
+    let hours: u64 = env.parse_or(name, default, "a whole number of hours")?;
+    if hours > MAX_HOURS {
+        return Err(ConfigError::new(
+            name,
+            format!("must be at most {MAX_HOURS} hours (the longest TTL MongoDB keeps)"),
+        ));
+    }
+    positive(name, Duration::from_secs(hours * 3600))
+}
+
 fn positive(name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         Err(ConfigError::new(name, "must be greater than zero"))
@@ -238,8 +252,7 @@ impl MongoSettings {
                 "must differ from MONGODB_COLLECTION",
             ));
         }
-        let hours: u64 = env.parse_or("OUTBOX_RETENTION_HOURS", 168, "a whole number of hours")?;
-        let retention = positive("OUTBOX_RETENTION_HOURS", Duration::from_secs(hours * 3600))?;
+        let retention = ttl_hours(env, "OUTBOX_RETENTION_HOURS", 168)?;
         let placement = env.parse_or(
             "OUTBOX_PLACEMENT",
             PlacementSetting::Auto,
@@ -259,12 +272,7 @@ impl MongoSettings {
                 "must be a top-level field name other than _id (no '$', no '.', not _outbox/_meta)",
             ));
         }
-        let idem_hours: u64 =
-            env.parse_or("OUTBOX_IDEMPOTENCY_HOURS", 24, "a whole number of hours")?;
-        let idempotency_ttl = positive(
-            "OUTBOX_IDEMPOTENCY_HOURS",
-            Duration::from_secs(idem_hours * 3600),
-        )?;
+        let idempotency_ttl = ttl_hours(env, "OUTBOX_IDEMPOTENCY_HOURS", 24)?;
         let ordered_by_subject = match env
             .string_or("OUTBOX_ORDERING", "none")
             .to_ascii_lowercase()
@@ -789,6 +797,8 @@ mod tests {
             ("EVENTGRID_PUBLISH_TIMEOUT_MS", "soon"),
             ("STANDALONE_PORT", "70000"),
             ("OUTBOX_RETENTION_HOURS", "0"),
+            ("OUTBOX_RETENTION_HOURS", "596524"),
+            ("OUTBOX_RETENTION_HOURS", "18446744073709551615"),
             ("OUTBOX_PUBLISH_CONCURRENCY", "65"),
             ("MONGODB_WRITE_TIMEOUT_MS", "0"),
             ("EVENTGRID_PUBLISH_RETRIES", "4"),
@@ -796,6 +806,7 @@ mod tests {
             ("MONGODB_SHARD_KEY", "a.b"),
             ("MONGODB_SHARD_KEY", "_id"),
             ("OUTBOX_IDEMPOTENCY_HOURS", "0"),
+            ("OUTBOX_IDEMPOTENCY_HOURS", "9999999"),
             ("OUTBOX_EVENT_TYPE_PREFIX", "has space"),
             ("STANDALONE_BIND", "0.0.0.0"),
             ("STANDALONE_BIND", "localhost:80"),
