@@ -68,6 +68,14 @@ struct Args {
     /// OUTBOX_PUBLISH_CONCURRENCY of the handlers.
     #[arg(long, default_value_t = 4)]
     publish_concurrency: u32,
+    /// WiredTiger cache of the benchmark's mongod, in MiB, as in the tests' replica sets
+    /// (mongod's own default would be half the memory less 1 GiB).
+    #[arg(long, default_value_t = 256)]
+    mongod_cache_mb: u32,
+    /// Oplog of the benchmark's mongod, in MiB, as in the tests' replica sets (mongod's
+    /// default: 5 % of the disk, at least 990 MB).
+    #[arg(long, default_value_t = 64)]
+    mongod_oplog_mb: u32,
     /// Profile every server operation during the c16 writes and the drain (level 2; slows the
     /// server, so use the figures for proportions) and report the cost of each kind of query.
     #[arg(long)]
@@ -149,7 +157,12 @@ async fn bench(args: &Args) -> anyhow::Result<bool> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let dir = args.work_dir.join(format!("mongod-{}", std::process::id()));
     eprintln!("outbox-bench: starting a replica set in {}", dir.display());
-    let mongod = devstack::ReplicaSet::start(devstack::ReplicaSetOptions::new(&dir)).await?;
+    let mongod = devstack::ReplicaSet::start(devstack::ReplicaSetOptions {
+        cache_mb: args.mongod_cache_mb,
+        oplog_mb: args.mongod_oplog_mb,
+        ..devstack::ReplicaSetOptions::new(&dir)
+    })
+    .await?;
     // Everything else lives inside this future: dropping it (Ctrl-C, SIGTERM) kills the
     // receiver and the handler through their handles; the replica set is stopped below.
     let outcome = tokio::select! {
@@ -232,7 +245,7 @@ async fn run(
         "started_at": started_at,
         "args": std::env::args().skip(1).collect::<Vec<_>>(),
         "settings": settings,
-        "mongod": { "version": devstack::MONGOD_VERSION, "options": "devstack single-node replica set rs0: WiredTiger cache 0.25 GB, oplog 64 MB, default write concern (majority)" },
+        "mongod": { "version": devstack::MONGOD_VERSION, "options": format!("devstack single-node replica set rs0: WiredTiger cache {} MiB, oplog {} MiB, default write concern (majority)", args.mongod_cache_mb, args.mongod_oplog_mb) },
     });
     let mut targets = Vec::new();
     let mut failures = Vec::new();

@@ -93,9 +93,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             test_commands,
         } => {
             let rs = ReplicaSet::start(ReplicaSetOptions {
-                dir,
                 port,
                 enable_test_commands: test_commands,
+                ..ReplicaSetOptions::new(dir)
             })
             .await?;
             print_line(rs.uri())?;

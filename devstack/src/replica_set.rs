@@ -58,6 +58,11 @@ pub struct ReplicaSetOptions {
     /// Start with `--setParameter enableTestCommands=1`, so tests can use `configureFailPoint`
     /// (for example the `failCommand` fail point).
     pub enable_test_commands: bool,
+    /// WiredTiger cache, in MiB (`--wiredTigerCacheSizeGB`). Small by default, for tests that
+    /// run several replica sets on a shared machine.
+    pub cache_mb: u32,
+    /// Oplog size, in MiB (`--oplogSize`).
+    pub oplog_mb: u32,
 }
 
 impl ReplicaSetOptions {
@@ -67,6 +72,8 @@ impl ReplicaSetOptions {
             dir: dir.into(),
             port: None,
             enable_test_commands: false,
+            cache_mb: 256,
+            oplog_mb: 64,
         }
     }
 }
@@ -233,7 +240,7 @@ impl ReplicaSet {
                 None => crate::pick_free_port().context("cannot pick a free port")?,
             };
             layout.reset()?;
-            let args = mongod_args(&mongod, &layout, port, opts.enable_test_commands);
+            let args = mongod_args(&mongod, &layout, port, &opts);
             match launch(&args, &layout).await {
                 Ok(pid) => break (port, args, pid),
                 Err(LaunchError::AddressInUse) if attempt < attempts => {
@@ -560,7 +567,7 @@ fn mongod_args(
     mongod: &Path,
     layout: &Layout,
     port: u16,
-    enable_test_commands: bool,
+    opts: &ReplicaSetOptions,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![mongod.into()];
     let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -573,9 +580,16 @@ fn mongod_args(
     push(&[&"--pidfilepath", &layout.pid_file]);
     // Small footprint for a shared 2-core machine; no /tmp/mongodb-PORT.sock left behind.
     push(&[&"--nounixsocket"]);
-    push(&[&"--wiredTigerCacheSizeGB", &"0.25", &"--oplogSize", &"64"]);
+    let cache_gb = format!("{:.3}", f64::from(opts.cache_mb) / 1024.0);
+    let oplog_mb = opts.oplog_mb.to_string();
+    push(&[
+        &"--wiredTigerCacheSizeGB",
+        &cache_gb,
+        &"--oplogSize",
+        &oplog_mb,
+    ]);
     push(&[&"--setParameter", &"diagnosticDataCollectionEnabled=false"]);
-    if enable_test_commands {
+    if opts.enable_test_commands {
         push(&[&"--setParameter", &"enableTestCommands=1"]);
     }
     args
@@ -687,7 +701,10 @@ mod tests {
     #[test]
     fn args_are_absolute_and_round_trip_the_port() {
         let layout = Layout::new(PathBuf::from("/srv/rs"));
-        let args = mongod_args(Path::new("/bin/mongod"), &layout, 4242, true);
+        let mut opts = ReplicaSetOptions::new("/srv/rs");
+        opts.enable_test_commands = true;
+        opts.cache_mb = 2048;
+        let args = mongod_args(Path::new("/bin/mongod"), &layout, 4242, &opts);
         assert_eq!(port_from_args(&args), Some(4242));
         let joined: Vec<String> = args
             .iter()
@@ -699,8 +716,14 @@ mod tests {
         assert!(joined.contains("--pidfilepath /srv/rs/mongod.pid"));
         assert!(joined.contains("--fork --logpath /srv/rs/mongod.log"));
         assert!(joined.ends_with("--setParameter enableTestCommands=1"));
+        assert!(joined.contains("--wiredTigerCacheSizeGB 2.000 --oplogSize 64"));
 
-        let plain = mongod_args(Path::new("/bin/mongod"), &layout, 4242, false);
+        let plain = mongod_args(
+            Path::new("/bin/mongod"),
+            &layout,
+            4242,
+            &ReplicaSetOptions::new("/srv/rs"),
+        );
         assert!(!plain.iter().any(|arg| arg == "enableTestCommands=1"));
     }
 

@@ -38,9 +38,8 @@ impl Drop for TempDir {
 async fn start(name: &str, enable_test_commands: bool) -> anyhow::Result<(TempDir, ReplicaSet)> {
     let dir = TempDir::new(name);
     let rs = ReplicaSet::start(ReplicaSetOptions {
-        dir: dir.path().to_owned(),
-        port: None,
         enable_test_commands,
+        ..ReplicaSetOptions::new(dir.path())
     })
     .await?;
     Ok((dir, rs))
