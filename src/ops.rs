@@ -8,7 +8,7 @@ use crate::config::MongoSettings;
 use crate::db::{Db, DbError, Placement};
 use crate::domain::EventId;
 use crate::outbox::OutboxCounts;
-use crate::outbox::store::{DeadLetter, OutboxStore};
+use crate::outbox::store::{DeadLetter, Expiry, OutboxStore};
 
 /// Dead letters listed by `status`.
 const DEAD_LETTERS_SHOWN: i64 = 20;
@@ -20,6 +20,8 @@ pub struct Status {
     pub placement: Placement,
     /// The collection holding them.
     pub entries_collection: String,
+    /// Whether TTL indexes remove expired data, or the relay's runs do.
+    pub expiry: Expiry,
     /// Counts by state.
     #[serde(flatten)]
     pub counts: OutboxCounts,
@@ -27,13 +29,12 @@ pub struct Status {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-async fn store(settings: MongoSettings) -> Result<(OutboxStore, Placement, String), DbError> {
+async fn store(settings: MongoSettings) -> Result<(OutboxStore, crate::db::Ready), DbError> {
     let db = Db::new(settings);
     let ready = db.ready().await?;
     Ok((
         OutboxStore::new(&ready.database, &ready.entries_collection),
-        ready.placement,
-        ready.entries_collection,
+        ready,
     ))
 }
 
@@ -42,12 +43,13 @@ async fn store(settings: MongoSettings) -> Result<(OutboxStore, Placement, Strin
 /// # Errors
 /// When the database cannot be reached.
 pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
-    let (store, placement, entries_collection) = store(settings).await?;
+    let (store, ready) = store(settings).await?;
     let counts = store.counts(Utc::now()).await?;
     let dead_letters = store.dead_letters(DEAD_LETTERS_SHOWN).await?;
     Ok(Status {
-        placement,
-        entries_collection,
+        placement: ready.placement,
+        entries_collection: ready.entries_collection,
+        expiry: ready.expiry,
         counts,
         dead_letters,
     })
@@ -58,7 +60,7 @@ pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
 /// # Errors
 /// When the database cannot be reached.
 pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result<u64, DbError> {
-    let (store, _, _) = store(settings).await?;
+    let (store, _) = store(settings).await?;
     store.requeue_dead(ids, Utc::now()).await
 }
 
@@ -68,7 +70,7 @@ pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result
 /// # Errors
 /// When the database cannot be reached.
 pub async fn skip(settings: MongoSettings, ids: &[EventId]) -> Result<u64, DbError> {
-    let (store, _, _) = store(settings).await?;
+    let (store, _) = store(settings).await?;
     store.skip_dead(ids, Utc::now()).await
 }
 
@@ -90,6 +92,18 @@ pub fn render_status(s: &Status) -> String {
         "entries in {} ({:?} placement)\npending:      {}\n  due now:    {}\npublished:    {}\ndead:         {}\nskipped:      {}\noldest pending written: {lag}\n",
         s.entries_collection, s.placement, c.pending, c.due, c.published, c.dead, c.skipped
     );
+    let by = |ttl: bool| {
+        if ttl {
+            "TTL index"
+        } else {
+            "the relay (TTL refused)"
+        }
+    };
+    out.push_str(&format!(
+        "expiry:       published entries by {}, idempotency records by {}\n",
+        by(s.expiry.published_by_ttl),
+        by(s.expiry.records_by_ttl)
+    ));
     if !s.dead_letters.is_empty() {
         out.push_str("\ndead letters (oldest first):\n");
         for d in &s.dead_letters {

@@ -73,7 +73,7 @@ pub const EXPIRY_PLAIN_INDEX: &str = "outbox_idempotency_expiry_plain";
 /// How expired outbox data goes away: by the server's TTL indexes, or, where the server
 /// refused them (Cosmos DB for MongoDB RU offers TTL on `_ts` only), by the relay's bounded
 /// deletes after each run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Expiry {
     /// Published entries are removed by the TTL index after the retention.
     pub published_by_ttl: bool,

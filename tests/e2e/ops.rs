@@ -51,6 +51,11 @@ async fn status_lists_dead_letters_and_requeue_brings_them_back() {
     assert_eq!(status["published"], 2);
     assert_eq!(status["pending"], 0);
     assert_eq!(status["placement"], "separate");
+    assert_eq!(
+        status["expiry"],
+        serde_json::json!({"published_by_ttl": true, "records_by_ttl": true}),
+        "mongod keeps TTL indexes: {status}"
+    );
     let listed: Vec<&str> = status["dead_letters"]
         .as_array()
         .unwrap()
@@ -64,7 +69,9 @@ async fn status_lists_dead_letters_and_requeue_brings_them_back() {
     assert_eq!(status["dead_letters"][0]["status"], 400);
     let (ok, text) = handler(&["outbox", "status"], &env).await;
     assert!(
-        ok && text.contains("dead:         2") && text.contains("requeue with"),
+        ok && text.contains("dead:         2")
+            && text.contains("requeue with")
+            && text.contains("published entries by TTL index"),
         "{text}"
     );
 
