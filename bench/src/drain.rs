@@ -29,7 +29,7 @@ const MAX_RUNS: usize = 1000;
 pub(crate) struct Setup<'a> {
     pub(crate) http: &'a reqwest::Client,
     pub(crate) bins: &'a std::path::Path,
-    pub(crate) mongodb_uri: &'a str,
+    pub(crate) client: &'a mongodb::Client,
     pub(crate) mongod_pid: u32,
     pub(crate) receiver: &'a Proc,
     pub(crate) receiver_root: &'a reqwest::Url,
@@ -112,7 +112,7 @@ pub(crate) async fn seed(
 /// Seeds the backlog, starts a fresh handler and triggers drains until nothing remains.
 pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Drained> {
     let mut failures = Vec::new();
-    let client = mongodb::Client::with_uri_str(s.mongodb_uri).await?;
+    let client = s.client;
     let database = s
         .env
         .get("MONGODB_DATABASE")
@@ -120,7 +120,7 @@ pub(crate) async fn run(s: &Setup<'_>) -> anyhow::Result<Drained> {
     let db = client.database(database);
     let entries = db.collection::<Document>("outbox");
     eprintln!("outbox-bench: seeding {} outbox entries", s.events);
-    let seed_secs = seed(&client, s.env, s.events).await?;
+    let seed_secs = seed(client, s.env, s.events).await?;
     let pending_before = entries
         .count_documents(doc! { store::field::STATUS: "pending" })
         .await?;

@@ -247,6 +247,8 @@ async fn run(
         "settings": settings,
         "mongod": { "version": devstack::MONGOD_VERSION, "options": format!("devstack single-node replica set rs0: WiredTiger cache {} MiB, oplog {} MiB, default write concern (majority)", args.mongod_cache_mb, args.mongod_oplog_mb) },
     });
+    // One client for everything the benchmark itself reads or writes in the database.
+    let client = mongodb::Client::with_uri_str(mongod.uri()).await?;
     let mut targets = Vec::new();
     let mut failures = Vec::new();
 
@@ -264,7 +266,6 @@ async fn run(
                 ("bench", std::process::id()),
             ]);
             let profiled = if args.mongod_profile && name == "c16" {
-                let client = mongodb::Client::with_uri_str(mongod.uri()).await?;
                 let db = client.database("bench_writes");
                 profile::start(&db).await?;
                 Some(db)
@@ -334,7 +335,7 @@ async fn run(
         let drained = drain::run(&drain::Setup {
             http: &http,
             bins,
-            mongodb_uri: mongod.uri(),
+            client: &client,
             mongod_pid: mongod.pid(),
             receiver: &receiver,
             receiver_root: &receiver_root,
@@ -363,6 +364,7 @@ async fn run(
         http: &http,
         bins,
         mongod,
+        client: &client,
         receiver: &receiver,
         receiver_root: &receiver_root,
         env: &env,

@@ -42,15 +42,20 @@ impl Drop for Proc {
     }
 }
 
-/// Starts the release `eventgrid-receiver` (`--port 0 --keep ids`) and returns it with its
-/// publish endpoint, read from its first output line
-/// (`eventgrid-receiver listening on <endpoint>`).
-pub(crate) async fn start_receiver(bins: &Path) -> anyhow::Result<(Proc, String)> {
-    let exe = bins.join("eventgrid-receiver");
+/// Spawns the release `name` with `args`, reads its first output line,
+/// `<name> listening on <address>`, and returns it with the address. Its output keeps being
+/// read so it never blocks on a full pipe; `stdin` is what its standard input gets.
+async fn spawn_announcing(
+    bins: &Path,
+    name: &str,
+    args: &[&str],
+    stdin: Stdio,
+) -> anyhow::Result<(Proc, String)> {
+    let exe = bins.join(name);
     let mut child = Command::new(&exe)
-        .args(["--port", "0", "--keep", "ids"])
+        .args(args)
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -66,58 +71,42 @@ pub(crate) async fn start_receiver(bins: &Path) -> anyhow::Result<(Proc, String)
     let mut lines = BufReader::new(stdout).lines();
     let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
         .await
-        .context("the receiver did not report its port within 15 s")??
-        .context("the receiver exited before reporting its port")?;
-    let endpoint = first
-        .strip_prefix("eventgrid-receiver listening on ")
-        .with_context(|| format!("unexpected first line from the receiver: {first:?}"))?
+        .with_context(|| format!("{name} did not report its address within 15 s"))??
+        .with_context(|| format!("{name} exited before reporting its address"))?;
+    let address = first
+        .strip_prefix(&format!("{name} listening on "))
+        .with_context(|| format!("unexpected first line from {name}: {first:?}"))?
         .trim()
         .to_owned();
-    // Keep reading its output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((proc, endpoint))
+    Ok((proc, address))
+}
+
+/// Starts the release `eventgrid-receiver` (`--port 0 --keep ids`) and returns it with its
+/// publish endpoint.
+pub(crate) async fn start_receiver(bins: &Path) -> anyhow::Result<(Proc, String)> {
+    spawn_announcing(
+        bins,
+        "eventgrid-receiver",
+        &["--port", "0", "--keep", "ids"],
+        Stdio::null(),
+    )
+    .await
 }
 
 /// Starts the release `cosmos-ru-proxy` in front of the replica set on `upstream_port` and
 /// returns it with the connection string a handler uses through it. Its stdin (commands) stays
 /// open, and unused, for as long as it runs.
 pub(crate) async fn start_proxy(bins: &Path, upstream_port: u16) -> anyhow::Result<(Proc, String)> {
-    let exe = bins.join("cosmos-ru-proxy");
-    let mut child = Command::new(&exe)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("127.0.0.1:{upstream_port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (scripts/bench.sh builds it)",
-                exe.display()
-            )
-        })?;
-    let stdout = child.stdout.take().context("the proxy's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .context("the proxy did not start within 10 s")??
-        .context("the proxy exited at start-up")?;
-    let addr = first
-        .strip_prefix("cosmos-ru-proxy listening on ")
-        .with_context(|| format!("unexpected first line from the proxy: {first:?}"))?
-        .trim()
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((
-        Proc::new(child)?,
-        format!("mongodb://{addr}/?replicaSet=rs0"),
-    ))
+    let upstream = format!("127.0.0.1:{upstream_port}");
+    let (proc, addr) = spawn_announcing(
+        bins,
+        "cosmos-ru-proxy",
+        &["--listen", "127.0.0.1:0", "--upstream", &upstream],
+        Stdio::piped(),
+    )
+    .await?;
+    Ok((proc, format!("mongodb://{addr}/?replicaSet=rs0")))
 }
 
 /// Starts the release `handler serve --port P`, configured only through `env` (the

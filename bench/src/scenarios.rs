@@ -27,6 +27,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) http: &'a reqwest::Client,
     pub(crate) bins: &'a std::path::Path,
     pub(crate) mongod: &'a devstack::ReplicaSet,
+    /// A client of `mongod`, for seeding, counting and dropping.
+    pub(crate) client: &'a mongodb::Client,
     pub(crate) receiver: &'a Proc,
     pub(crate) receiver_root: &'a reqwest::Url,
     /// Handler settings shared by every scenario (the database is set per scenario).
@@ -57,12 +59,31 @@ impl Ctx<'_> {
         Ok(response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn reset_receiver(&self) -> anyhow::Result<()> {
+    async fn reset_receiver_faults(&self) -> anyhow::Result<()> {
         self.receiver(reqwest::Method::DELETE, "/_receiver/faults", None)
             .await?;
+        Ok(())
+    }
+
+    /// Seeds `n` pending entries into `database`, empties the receiver and gives it `fault`
+    /// (a `/_receiver/faults` body), if any. Returns the handlers' settings for `database` and
+    /// how long the seeding took.
+    async fn seeded(
+        &self,
+        database: &str,
+        n: usize,
+        fault: Option<Value>,
+    ) -> anyhow::Result<(BTreeMap<String, String>, f64)> {
+        let env = self.env_with(database, &[]);
+        let seconds = crate::drain::seed(self.client, &env, n).await?;
+        self.reset_receiver_faults().await?;
         self.receiver(reqwest::Method::DELETE, "/_receiver/events", None)
             .await?;
-        Ok(())
+        if let Some(fault) = fault {
+            self.receiver(reqwest::Method::POST, "/_receiver/faults", Some(fault))
+                .await?;
+        }
+        Ok((env, seconds))
     }
 
     async fn stats(&self) -> anyhow::Result<Value> {
@@ -70,19 +91,22 @@ impl Ctx<'_> {
             .await
     }
 
-    async fn count(&self, database: &str, filter: Document) -> anyhow::Result<u64> {
-        let client = mongodb::Client::with_uri_str(self.mongod.uri()).await?;
-        Ok(client
+    async fn count(
+        &self,
+        database: &str,
+        collection: &str,
+        filter: Document,
+    ) -> anyhow::Result<u64> {
+        Ok(self
+            .client
             .database(database)
-            .collection::<Document>("outbox")
+            .collection::<Document>(collection)
             .count_documents(filter)
             .await?)
     }
 
     async fn drop_database(&self, database: &str) {
-        if let Ok(client) = mongodb::Client::with_uri_str(self.mongod.uri()).await {
-            let _ = client.database(database).drop().await;
-        }
+        let _ = self.client.database(database).drop().await;
     }
 }
 
@@ -174,13 +198,8 @@ pub(crate) async fn lifecycle(
     let attempted = 200;
     let r = writes::run_op(ctx.http, &base, "sep", attempted, 16, Op::Post).await;
     handler.stop().await;
-    let client = mongodb::Client::with_uri_str(ctx.mongod.uri()).await?;
-    let docs = client
-        .database(database)
-        .collection::<Document>("documents")
-        .count_documents(doc! {})
-        .await?;
-    let entries = ctx.count(database, doc! {}).await?;
+    let docs = ctx.count(database, "documents", doc! {}).await?;
+    let entries = ctx.count(database, "outbox", doc! {}).await?;
     if r.errors != attempted || docs + entries > 0 {
         failures.push(format!("separate placement through the RU proxy: {} of {attempted} failed, {docs} documents and {entries} entries written (expected all failed, nothing written)", r.errors));
     }
@@ -209,10 +228,7 @@ pub(crate) async fn relays(
     for count in [1_usize, 2, 4] {
         eprintln!("outbox-bench: {count} relay(s) draining {n} entries");
         let database = format!("bench_relays_{count}");
-        let env = ctx.env_with(&database, &[]);
-        let client = mongodb::Client::with_uri_str(ctx.mongod.uri()).await?;
-        crate::drain::seed(&client, &env, n).await?;
-        ctx.reset_receiver().await?;
+        let (env, _) = ctx.seeded(&database, n, None).await?;
         let mut handlers = Vec::new();
         for _ in 0..count {
             handlers.push(procs::start_handler(ctx.bins, &env, ctx.http).await?);
@@ -279,16 +295,8 @@ pub(crate) async fn faults(
     {
         eprintln!("outbox-bench: draining {n} entries under 5 % injected 503s");
         let database = "bench_fail_rate";
-        let env = ctx.env_with(database, &[]);
-        let client = mongodb::Client::with_uri_str(ctx.mongod.uri()).await?;
-        crate::drain::seed(&client, &env, n).await?;
-        ctx.reset_receiver().await?;
-        ctx.receiver(
-            reqwest::Method::POST,
-            "/_receiver/faults",
-            Some(json!({ "fail_rate": { "rate": 0.05, "status": 503 } })),
-        )
-        .await?;
+        let fault = json!({ "fail_rate": { "rate": 0.05, "status": 503 } });
+        let (env, _) = ctx.seeded(database, n, Some(fault)).await?;
         let (handler, base) = procs::start_handler(ctx.bins, &env, ctx.http).await?;
         let cpu = CpuMeter::start(vec![
             ("handler", handler.pid()),
@@ -302,7 +310,11 @@ pub(crate) async fn faults(
         ctx.reset_receiver_faults().await?;
         let stats = ctx.stats().await?;
         let retried = ctx
-            .count(database, doc! { store::field::ATTEMPTS: { "$gt": 0 } })
+            .count(
+                database,
+                "outbox",
+                doc! { store::field::ATTEMPTS: { "$gt": 0 } },
+            )
             .await?;
         match drained {
             Ok((_, runs)) => {
@@ -337,16 +349,8 @@ pub(crate) async fn faults(
             outage.as_secs()
         );
         let database = "bench_outage";
-        let env = ctx.env_with(database, &[]);
-        let client = mongodb::Client::with_uri_str(ctx.mongod.uri()).await?;
-        crate::drain::seed(&client, &env, n).await?;
-        ctx.reset_receiver().await?;
-        ctx.receiver(
-            reqwest::Method::POST,
-            "/_receiver/faults",
-            Some(json!({ "fail": { "count": 4_000_000_000_u64, "status": 503 } })),
-        )
-        .await?;
+        let fault = json!({ "fail": { "count": 4_000_000_000_u64, "status": 503 } });
+        let (env, _) = ctx.seeded(database, n, Some(fault)).await?;
         let (handler, base) = procs::start_handler(ctx.bins, &env, ctx.http).await?;
         let down = Instant::now();
         let mut failed_runs = 0;
@@ -359,7 +363,11 @@ pub(crate) async fn faults(
                 .await;
         }
         let retried_during_outage = ctx
-            .count(database, doc! { store::field::ATTEMPTS: { "$gt": 0 } })
+            .count(
+                database,
+                "outbox",
+                doc! { store::field::ATTEMPTS: { "$gt": 0 } },
+            )
             .await?;
         ctx.reset_receiver_faults().await?;
         let recovered = Instant::now();
@@ -393,14 +401,6 @@ pub(crate) async fn faults(
     Ok(Value::Object(out))
 }
 
-impl Ctx<'_> {
-    async fn reset_receiver_faults(&self) -> anyhow::Result<()> {
-        self.receiver(reqwest::Method::DELETE, "/_receiver/faults", None)
-            .await?;
-        Ok(())
-    }
-}
-
 /// The handler's memory while it drains an `n`-entry backlog.
 pub(crate) async fn rss(
     ctx: &Ctx<'_>,
@@ -409,10 +409,7 @@ pub(crate) async fn rss(
 ) -> anyhow::Result<Value> {
     eprintln!("outbox-bench: seeding {n} entries for the memory run");
     let database = "bench_rss";
-    let env = ctx.env_with(database, &[]);
-    let client = mongodb::Client::with_uri_str(ctx.mongod.uri()).await?;
-    let seed_seconds = crate::drain::seed(&client, &env, n).await?;
-    ctx.reset_receiver().await?;
+    let (env, seed_seconds) = ctx.seeded(database, n, None).await?;
     let (handler, base) = procs::start_handler(ctx.bins, &env, ctx.http).await?;
     let pid = handler.pid();
     let at_start = procs::status_kb(pid, "VmRSS").unwrap_or(0);
