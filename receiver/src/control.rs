@@ -165,10 +165,22 @@ async fn post_fault(shared: &Shared, request: Request<Incoming>) -> Response<Bod
             status,
             retry_after,
         } => {
-            let permille = (rate.clamp(0.0, 2.0) * 1000.0).round() as u32;
-            let mut rule = FailRule::new(1, status);
-            rule.retry_after = retry_after;
-            faults.push(Fault::FailRate { permille, rule })
+            if (0.0..=1.0).contains(&rate) {
+                // In range, so the product fits: 0 to 1000.
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "0..=1000"
+                )]
+                let permille = (rate * 1000.0).round() as u32;
+                let mut rule = FailRule::new(1, status);
+                rule.retry_after = retry_after;
+                faults.push(Fault::FailRate { permille, rule })
+            } else {
+                Err(crate::ReceiverError::Fault(format!(
+                    "a fail rate must be between 0 and 1, got {rate}"
+                )))
+            }
         }
     };
     match applied {

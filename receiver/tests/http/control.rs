@@ -44,6 +44,16 @@ async fn faults_can_be_scripted_over_http() -> anyhow::Result<()> {
         .json()?;
     assert_eq!(faults["fail"], json!([]));
 
+    let always = send(
+        addr,
+        &post(json!({"fail_rate": {"rate": 1.0, "status": 500}})),
+    )
+    .await?
+    .json()?;
+    let failed = send(addr, &Req::publish(body.clone())).await?;
+    assert_eq!(always["fail_rate_permille"], 1000);
+    assert_eq!(failed.status, 500, "a rate of 1 fails every request");
+
     let cleared = send(addr, &Req::control("DELETE", "/_receiver/faults", "")).await?;
     let after = send(addr, &Req::publish(body)).await?;
 
@@ -94,6 +104,8 @@ async fn invalid_fault_rules_get_400_with_the_error_shape() -> anyhow::Result<()
         r#"{"fail":{"count":1,"status":42}}"#,
         r#"{"reject_ids":"(["}"#,
         r#"{"latency_ms":1,"reject_ids":"x"}"#,
+        r#"{"fail_rate":{"rate":1.5,"status":503}}"#,
+        r#"{"fail_rate":{"rate":-0.1,"status":503}}"#,
     ] {
         let reply = send(addr, &Req::control("POST", "/_receiver/faults", body)).await?;
         assert_eq!(reply.status, 400, "{body}");
