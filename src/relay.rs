@@ -180,6 +180,15 @@ struct BatchReport {
     stop: Option<StopReason>,
 }
 
+/// What a run deletes where the server has no TTL index for it.
+#[derive(Debug, Clone, Copy)]
+enum Expired {
+    /// Published entries published before this.
+    PublishedBefore(DateTime<Utc>),
+    /// Idempotency records expired by this.
+    RecordsBy(DateTime<Utc>),
+}
+
 /// Drains the outbox. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -306,7 +315,7 @@ impl Relay {
         }
         if shutdown.is_cancelled() {
             report.stopped.get_or_insert(StopReason::Shutdown);
-        } else if db.expiry != Expiry::BY_TTL {
+        } else {
             report.purged = self.purge(&store, db.expiry, deadline).await;
         }
         report.remaining = store.count_pending().await.ok();
@@ -344,39 +353,51 @@ impl Relay {
     /// `OUTBOX_BATCH_SIZE`, while the run's budget lasts. Returns how many went. A failure
     /// (throttling, say) ends it for this run; the next one goes on.
     async fn purge(&self, store: &OutboxStore, expiry: Expiry, deadline: Instant) -> u64 {
-        let limit = self.settings.batch_size.get() as usize;
+        let now = Utc::now();
         // A retention too long to subtract from now: nothing is that old.
-        let retention = chrono::Duration::from_std(self.db.settings().retention).ok();
+        let cutoff = chrono::Duration::from_std(self.db.settings().retention)
+            .ok()
+            .and_then(|r| now.checked_sub_signed(r));
+        let kinds = [
+            cutoff
+                .filter(|_| !expiry.published_by_ttl)
+                .map(Expired::PublishedBefore),
+            (!expiry.records_by_ttl).then_some(Expired::RecordsBy(now)),
+        ];
         let mut purged = 0;
-        for published in [true, false] {
-            if (published && expiry.published_by_ttl) || (!published && expiry.records_by_ttl) {
-                continue;
-            }
-            while Instant::now() + self.lease_margin() < deadline {
-                let now = Utc::now();
-                let done = if published {
-                    let Some(cutoff) = retention.and_then(|r| now.checked_sub_signed(r)) else {
-                        break;
-                    };
-                    store.purge_published(cutoff, limit).await
-                } else {
-                    store.purge_expired_records(now, limit).await
-                };
-                match done {
-                    Ok(n) => {
-                        purged += n;
-                        if n < limit as u64 {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %chain(&e), "Cannot delete expired outbox data; the next run tries again");
-                        return purged;
-                    }
-                }
+        for kind in kinds.into_iter().flatten() {
+            if let Err(e) = self
+                .purge_in_batches(store, kind, deadline, &mut purged)
+                .await
+            {
+                tracing::warn!(error = %chain(&e), "Cannot delete expired outbox data; the next run tries again");
+                break;
             }
         }
         purged
+    }
+
+    /// Deletes `kind` a batch at a time until less than a batch went or the run's budget is
+    /// near its end, adding what went to `total`.
+    async fn purge_in_batches(
+        &self,
+        store: &OutboxStore,
+        kind: Expired,
+        deadline: Instant,
+        total: &mut u64,
+    ) -> Result<(), DbError> {
+        let limit = self.settings.batch_size.get() as usize;
+        while Instant::now() + self.lease_margin() < deadline {
+            let n = match kind {
+                Expired::PublishedBefore(cutoff) => store.purge_published(cutoff, limit).await?,
+                Expired::RecordsBy(now) => store.purge_expired_records(now, limit).await?,
+            };
+            *total += n;
+            if n < limit as u64 {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn lease_margin(&self) -> Duration {

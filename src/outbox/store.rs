@@ -81,13 +81,6 @@ pub struct Expiry {
     pub records_by_ttl: bool,
 }
 
-impl Expiry {
-    /// Both by TTL: nothing for the relay to delete.
-    pub const BY_TTL: Self = Self {
-        published_by_ttl: true,
-        records_by_ttl: true,
-    };
-}
 /// Failures kept in an entry's history.
 const HISTORY_LEN: i32 = 10;
 
@@ -622,23 +615,13 @@ impl OutboxStore {
         cutoff: DateTime<Utc>,
         limit: usize,
     ) -> Result<u64, DbError> {
-        let published = EntryStatus::Published.as_str();
         let filter = doc! {
-            field::STATUS: published,
+            field::STATUS: EntryStatus::Published.as_str(),
             field::DUE_AT: { "$lt": bson_time(cutoff) },
             field::PUBLISHED_AT: { "$lt": bson_time(cutoff) },
         };
-        let ids = self
-            .ids_matching(filter, doc! { field::STATUS: 1, field::DUE_AT: 1 }, limit)
-            .await?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let r = self
-            .entries
-            .delete_many(doc! { "_id": { "$in": ids }, field::STATUS: published })
-            .await?;
-        Ok(r.deleted_count)
+        self.delete_first(filter, doc! { field::STATUS: 1, field::DUE_AT: 1 }, limit)
+            .await
     }
 
     /// Deletes up to `limit` idempotency records that expired before `now`; returns how many
@@ -652,40 +635,41 @@ impl OutboxStore {
         limit: usize,
     ) -> Result<u64, DbError> {
         let expired = doc! { super::idempotency::EXPIRES_AT: { "$lte": bson_time(now) } };
-        let ids = self
-            .ids_matching(
-                expired.clone(),
-                doc! { super::idempotency::EXPIRES_AT: 1 },
-                limit,
-            )
-            .await?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let mut filter = expired;
-        filter.insert("_id", doc! { "$in": ids });
-        Ok(self.entries.delete_many(filter).await?.deleted_count)
+        self.delete_first(expired, doc! { super::idempotency::EXPIRES_AT: 1 }, limit)
+            .await
     }
 
-    async fn ids_matching(
+    /// Deletes the first `limit` documents matching `filter` in `sort` order (MongoDB's
+    /// `deleteMany` has no limit): reads their ids, then deletes those still matching.
+    async fn delete_first(
         &self,
         filter: Document,
         sort: Document,
         limit: usize,
-    ) -> Result<Vec<Bson>, DbError> {
+    ) -> Result<u64, DbError> {
         let found: Vec<Document> = self
             .entries
-            .find(filter)
+            .find(filter.clone())
             .sort(sort)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .projection(doc! { "_id": 1 })
             .await?
             .try_collect()
             .await?;
-        Ok(found
+        let ids: Vec<Bson> = found
             .into_iter()
             .filter_map(|mut d| d.remove("_id"))
-            .collect())
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut still_matching = filter;
+        still_matching.insert("_id", doc! { "$in": ids });
+        Ok(self
+            .entries
+            .delete_many(still_matching)
+            .await?
+            .deleted_count)
     }
 
     /// Entries not yet published, from the claim index.
@@ -1043,19 +1027,17 @@ pub async fn ensure_indexes(
     .await?;
     if !records_by_ttl {
         // The relay deletes expired records itself; this index finds them.
-        let plain = |sparse: bool| {
-            IndexModel::builder()
-                .keys(doc! { super::idempotency::EXPIRES_AT: 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name(EXPIRY_PLAIN_INDEX.to_owned())
-                        .sparse(sparse)
-                        .build(),
-                )
-                .build()
-        };
-        if entries.create_index(plain(true)).await.is_err() {
-            entries.create_index(plain(false)).await?;
+        match field_index(
+            &entries,
+            EXPIRY_PLAIN_INDEX,
+            super::idempotency::EXPIRES_AT,
+            None,
+        )
+        .await
+        {
+            // An index on that field exists already (made some other way): it serves.
+            Err(e) if error_code(&e) == Some(85) => {}
+            made => made.map_err(classify)?,
         }
     }
     Ok(Expiry {
@@ -1068,6 +1050,37 @@ fn classify_ref_retryable(e: &mongodb::error::Error) -> bool {
     classify(e.clone()).is_retryable()
 }
 
+/// Creates the index `{path: 1}` named `name`, a TTL index when `expire_after` is set.
+/// Sparse, so only documents that have the field (published entries, idempotency records) are
+/// in it and writing a pending entry or a document costs it nothing; a server without sparse
+/// indexes gets a plain one. An index of that name with other options (85, 86) or a
+/// transient failure is returned as is.
+async fn field_index(
+    entries: &Collection<Document>,
+    name: &str,
+    path: &str,
+    expire_after: Option<Duration>,
+) -> Result<(), mongodb::error::Error> {
+    let model = |sparse: bool| {
+        IndexModel::builder()
+            .keys(doc! { path: 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(name.to_owned())
+                    .expire_after(expire_after)
+                    .sparse(sparse)
+                    .build(),
+            )
+            .build()
+    };
+    match entries.create_index(model(true)).await {
+        Err(e) if !matches!(error_code(&e), Some(85 | 86)) && !classify_ref_retryable(&e) => {
+            entries.create_index(model(false)).await.map(drop)
+        }
+        made => made.map(drop),
+    }
+}
+
 async fn ensure_ttl(
     db: &Database,
     entries: &Collection<Document>,
@@ -1076,30 +1089,8 @@ async fn ensure_ttl(
     after: Duration,
     what: &str,
 ) -> Result<bool, DbError> {
-    // Sparse: only documents that have the field (published entries, idempotency records)
-    // are in the index, so writing a pending entry or a document costs it nothing.
-    let ttl = |sparse: bool| {
-        IndexModel::builder()
-            .keys(doc! { path: 1 })
-            .options(
-                IndexOptions::builder()
-                    .name(name.to_owned())
-                    .expire_after(after)
-                    .sparse(sparse)
-                    .build(),
-            )
-            .build()
-    };
-    let mut made = entries.create_index(ttl(true)).await;
-    if let Err(e) = &made
-        && !matches!(error_code(e), Some(85 | 86))
-        && !classify_ref_retryable(e)
-    {
-        // A server without sparse TTL indexes: a plain one works too.
-        made = entries.create_index(ttl(false)).await;
-    }
-    match made {
-        Ok(_) => {}
+    match field_index(entries, name, path, Some(after)).await {
+        Ok(()) => {}
         // The index exists with another expiry: change it in place.
         Err(e) if matches!(error_code(&e), Some(85 | 86)) => {
             let secs = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
