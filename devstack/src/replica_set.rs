@@ -378,6 +378,13 @@ impl ReplicaSet {
         process::is_our_mongod(self.pid, &self.layout.data)
     }
 
+    /// Whether the signalled process has finished exiting. Not `!is_running()`: an exiting
+    /// process loses its command line before it is gone, so it stops looking like our mongod
+    /// while it still holds its port and files.
+    fn has_exited(&self) -> bool {
+        !process::is_running(self.pid)
+    }
+
     /// Leaves the server running when this value is dropped (it can be re-opened with
     /// [`attach`](Self::attach) and stopped with `devstack mongod stop`).
     pub fn detach(mut self) {
@@ -404,7 +411,7 @@ impl ReplicaSet {
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         if self.is_running() {
             process::send(self.pid, Signal::Term).await?;
-            if !process::wait_until(STOP_TIMEOUT, || !self.is_running()).await {
+            if !process::wait_until(STOP_TIMEOUT, || self.has_exited()).await {
                 tracing::warn!(
                     "mongod pid {} did not stop within {}s of SIGTERM; sending SIGKILL",
                     self.pid,
@@ -435,7 +442,7 @@ impl ReplicaSet {
             return Ok(());
         }
         process::send(self.pid, Signal::Kill).await?;
-        if !process::wait_until(KILL_TIMEOUT, || !self.is_running()).await {
+        if !process::wait_until(KILL_TIMEOUT, || self.has_exited()).await {
             bail!(
                 "mongod pid {} is still running {}s after SIGKILL",
                 self.pid,
