@@ -283,14 +283,21 @@ mod tests {
 
     #[test]
     fn timer_payloads_parse_with_null_status_and_odd_timestamps() {
-        for raw in [
-            r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#,
-            r#"{"Data":{"timer":{"ScheduleStatus":{"Last":"0001-01-01T00:00:00","Next":"2025-06-02T08:15:00.00417331+00:00","LastUpdated":"not a date"},"IsPastDue":true}}}"#,
-            r#"{"Data":{}}"#,
-            r#"{"Data":{"timer":null}}"#,
+        for (raw, past_due) in [
+            (
+                r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#,
+                false,
+            ),
+            (
+                r#"{"Data":{"timer":{"ScheduleStatus":{"Last":"0001-01-01T00:00:00","Next":"2025-06-02T08:15:00.00417331+00:00","LastUpdated":"not a date"},"IsPastDue":true}}}"#,
+                true,
+            ),
+            (r#"{"Data":{"timer":{"IsPastDue":"yes"}}}"#, false),
+            (r#"{"Data":{}}"#, false),
+            (r#"{"Data":{"timer":null}}"#, false),
         ] {
             let r: InvocationRequest<TimerTriggerData> = serde_json::from_str(raw).unwrap();
-            let _ = r.data.is_past_due();
+            assert_eq!(r.data.is_past_due(), past_due, "{raw}");
         }
     }
 
