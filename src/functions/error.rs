@@ -1,10 +1,10 @@
-//! One error type for the HTTP API, mapped to a status and a JSON body in one place.
+//! One error type for the HTTP API, mapped to a status and a JSON body in one place: the use
+//! case's [`WriteError`] through one table (`write_answer`), plus what the adapters refuse
+//! themselves (no route, method, key, body size).
 //!
 //! Bodies look like `{"error":{"code":"MalformedJson","message":"…"}}`. Client errors say what
 //! to fix; server errors are generic — their detail is logged once, here, and never sent (no
 //! driver text, no connection string, no key).
-
-use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -62,42 +62,19 @@ impl IntoResponse for ApiResponse {
     }
 }
 
-/// Everything the HTTP API can answer with besides success.
+/// Everything the HTTP API can answer with besides success: the use case's refusals and
+/// failures, and what the adapters refuse before calling it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The body is not an acceptable document.
+    /// The write was refused or failed; answered as the module's one table says.
     #[error(transparent)]
-    Input(#[from] InputError),
-    /// A document with this id exists.
-    #[error("a document with _id {0} already exists")]
-    Conflict(String),
-    /// No document with this id.
-    #[error("there is no document with _id {0}")]
-    NotFound(String),
-    /// `If-Match` / `If-None-Match` did not hold.
-    #[error("precondition failed: {0}")]
-    PreconditionFailed(&'static str),
-    /// The `Idempotency-Key` was used for a different request.
-    #[error("this Idempotency-Key was already used for a different request")]
-    IdempotencyKeyReused,
+    Write(#[from] WriteError),
     /// Standalone mode: no or a wrong function key.
     #[error("a valid function key is required (x-functions-key header or code query parameter)")]
     Unauthorized,
     /// No route for this path.
     #[error("not found")]
     NoRoute,
-    /// The database is unavailable or throttling.
-    #[error("the service is temporarily unavailable")]
-    Unavailable {
-        /// When to try again.
-        retry_after: Duration,
-        /// The cause, logged only.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-    /// A bug or a setup problem.
-    #[error("internal error")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The method is not supported on this route.
     #[error("method {method} is not allowed; use {allow}")]
     MethodNotAllowed {
@@ -117,23 +94,44 @@ pub enum ApiError {
     UnreadableBody,
 }
 
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::Input(i) => Self::Input(i),
-            WriteError::Conflict(id) => Self::Conflict(id.to_string()),
-            WriteError::NotFound(id) => Self::NotFound(id.to_string()),
-            WriteError::PreconditionFailed(why) => Self::PreconditionFailed(why),
-            WriteError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
-            WriteError::Unavailable {
-                retry_after,
-                source,
-            } => Self::Unavailable {
-                retry_after,
-                source: source.map(|s| Box::new(s) as _),
-            },
-            WriteError::Internal(source) => Self::Internal(Box::new(source)),
+/// Status, error code, and the message sent.
+type Answer = (StatusCode, &'static str, String);
+
+/// The one table from the use case's error to HTTP. What the client can fix is said in the
+/// error's own words; server errors get a generic message, their cause is logged, never sent.
+fn write_answer(e: &WriteError) -> Answer {
+    use InputError as I;
+    use StatusCode as S;
+    use WriteError as W;
+    let own = || e.to_string();
+    match e {
+        W::Input(I::UnsupportedMediaType { .. }) => {
+            (S::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", own())
         }
+        W::Input(I::Empty) => (S::BAD_REQUEST, "EmptyBody", own()),
+        W::Input(I::MalformedJson { .. }) => (S::BAD_REQUEST, "MalformedJson", own()),
+        W::Input(I::NotAnObject { .. }) => (S::BAD_REQUEST, "NotAnObject", own()),
+        W::Input(I::InvalidId { .. }) => (S::BAD_REQUEST, "InvalidId", own()),
+        W::Input(I::InvalidKey { .. }) => (S::BAD_REQUEST, "InvalidFieldName", own()),
+        W::Input(I::TooDeep) => (S::BAD_REQUEST, "TooDeep", own()),
+        W::Input(I::NumberOutOfRange { .. }) => (S::BAD_REQUEST, "NumberOutOfRange", own()),
+        W::Input(I::TooLarge { .. }) => (S::PAYLOAD_TOO_LARGE, "PayloadTooLarge", own()),
+        W::Input(I::InvalidHeader { .. }) => (S::BAD_REQUEST, "InvalidHeader", own()),
+        W::Input(I::MissingShardKey(_)) => (S::BAD_REQUEST, "MissingShardKey", own()),
+        W::Conflict(_) => (S::CONFLICT, "Conflict", own()),
+        W::NotFound(_) => (S::NOT_FOUND, "NotFound", own()),
+        W::PreconditionFailed(_) => (S::PRECONDITION_FAILED, "PreconditionFailed", own()),
+        W::IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "IdempotencyKeyReused", own()),
+        W::Unavailable { .. } => (
+            S::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the service is temporarily unavailable".to_owned(),
+        ),
+        W::Internal(_) => (
+            S::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "internal error".to_owned(),
+        ),
     }
 }
 
@@ -163,63 +161,36 @@ impl ApiError {
         ("ServiceUnavailable", 503),
     ];
 
-    /// Status and error code.
-    #[must_use]
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            Self::Input(i) => match i {
-                InputError::UnsupportedMediaType { .. } => {
-                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
-                }
-                InputError::Empty => (StatusCode::BAD_REQUEST, "EmptyBody"),
-                InputError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "MalformedJson"),
-                InputError::NotAnObject { .. } => (StatusCode::BAD_REQUEST, "NotAnObject"),
-                InputError::InvalidId { .. } => (StatusCode::BAD_REQUEST, "InvalidId"),
-                InputError::InvalidKey { .. } => (StatusCode::BAD_REQUEST, "InvalidFieldName"),
-                InputError::TooDeep => (StatusCode::BAD_REQUEST, "TooDeep"),
-                InputError::NumberOutOfRange { .. } => {
-                    (StatusCode::BAD_REQUEST, "NumberOutOfRange")
-                }
-                InputError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
-                InputError::InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "InvalidHeader"),
-                InputError::MissingShardKey(_) => (StatusCode::BAD_REQUEST, "MissingShardKey"),
-            },
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            Self::NoRoute => (StatusCode::NOT_FOUND, "NotFound"),
-            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
-            Self::IdempotencyKeyReused => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "IdempotencyKeyReused")
-            }
+    /// Status, code and message; the adapters' own refusals all say what to fix.
+    fn answer(&self) -> Answer {
+        let (status, code) = match self {
+            Self::Write(e) => return write_answer(e),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "NotFound"),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             Self::UnreadableBody => (StatusCode::BAD_REQUEST, "UnreadableBody"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
-            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-        }
+        };
+        (status, code, self.to_string())
     }
 
     /// The response, logging server-side detail once.
     #[must_use]
     pub fn response(&self) -> ApiResponse {
-        let (status, code) = self.status_and_code();
-        match self {
-            Self::Internal(_) => {
-                tracing::error!(error = %chain(self), "Request failed");
-            }
-            Self::Unavailable { .. } => {
-                tracing::warn!(error = %chain(self), "Request failed: service unavailable");
-            }
-            _ => tracing::debug!(code, error = %self, "Request rejected"),
+        let (status, code, message) = self.answer();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %chain(self), "Request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(error = %chain(self), "Request failed: service unavailable");
+        } else {
+            tracing::debug!(code, error = %self, "Request rejected");
         }
-        let message = self.to_string();
         let mut r = ApiResponse::json(
             status,
             &json!({ "error": { "code": code, "message": message } }),
         );
         match self {
-            Self::Unavailable { retry_after, .. } => {
+            Self::Write(WriteError::Unavailable { retry_after, .. }) => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0);
                 r = r.with_header(header::RETRY_AFTER, format!("{secs:.0}"));
             }
@@ -234,7 +205,11 @@ impl ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::db::DbError;
+    use crate::domain::DocumentId;
 
     fn status_code_body(e: &ApiError) -> (u16, String, serde_json::Value) {
         let r = e.response();
@@ -246,104 +221,172 @@ mod tests {
         )
     }
 
+    fn db_error(text: &str) -> DbError {
+        DbError::Other(mongodb::error::Error::custom(text.to_owned()))
+    }
+
+    fn unavailable(retry_after: Duration, source: Option<&str>) -> ApiError {
+        WriteError::Unavailable {
+            retry_after,
+            source: source.map(db_error),
+        }
+        .into()
+    }
+
+    /// An input error answers with its own text.
+    fn input(
+        e: InputError,
+        status: u16,
+        code: &'static str,
+    ) -> (ApiError, u16, &'static str, String) {
+        let message = e.to_string();
+        (WriteError::Input(e).into(), status, code, message)
+    }
+
+    fn case(
+        e: impl Into<ApiError>,
+        status: u16,
+        code: &'static str,
+        message: &str,
+    ) -> (ApiError, u16, &'static str, String) {
+        (e.into(), status, code, message.to_owned())
+    }
+
     #[test]
-    fn every_error_maps_to_its_status_and_code() {
-        let cases: Vec<(ApiError, u16, &str)> = vec![
-            (
-                InputError::UnsupportedMediaType { got: None }.into(),
+    fn every_error_maps_to_its_status_code_and_message() {
+        let id = || DocumentId::parse("a").unwrap();
+        let cases = vec![
+            input(
+                InputError::UnsupportedMediaType { got: None },
                 415,
                 "UnsupportedMediaType",
             ),
-            (InputError::Empty.into(), 400, "EmptyBody"),
-            (
+            input(InputError::Empty, 400, "EmptyBody"),
+            input(
                 InputError::MalformedJson {
                     reason: "syntax error",
                     line: 1,
                     column: 2,
-                }
-                .into(),
+                },
                 400,
                 "MalformedJson",
             ),
-            (
-                InputError::NotAnObject { found: "an array" }.into(),
+            input(
+                InputError::NotAnObject { found: "an array" },
                 400,
                 "NotAnObject",
             ),
-            (
-                InputError::InvalidId { reason: "x".into() }.into(),
+            input(
+                InputError::InvalidId { reason: "x".into() },
                 400,
                 "InvalidId",
             ),
-            (
+            input(
                 InputError::InvalidKey {
                     path: "$.$x".into(),
                     reason: "r",
-                }
-                .into(),
+                },
                 400,
                 "InvalidFieldName",
             ),
-            (InputError::TooDeep.into(), 400, "TooDeep"),
-            (
-                InputError::NumberOutOfRange { path: "$.n".into() }.into(),
+            input(InputError::TooDeep, 400, "TooDeep"),
+            input(
+                InputError::NumberOutOfRange { path: "$.n".into() },
                 400,
                 "NumberOutOfRange",
             ),
-            (
+            input(
                 InputError::TooLarge {
                     what: "event",
                     size: 2,
                     limit: 1,
-                }
-                .into(),
+                },
                 413,
                 "PayloadTooLarge",
             ),
-            (ApiError::BodyTooLarge { limit: 1 }, 413, "PayloadTooLarge"),
-            (ApiError::UnreadableBody, 400, "UnreadableBody"),
-            (ApiError::Conflict("a".into()), 409, "Conflict"),
-            (ApiError::NotFound("a".into()), 404, "NotFound"),
-            (ApiError::NoRoute, 404, "NotFound"),
-            (ApiError::PreconditionFailed("x"), 412, "PreconditionFailed"),
-            (ApiError::IdempotencyKeyReused, 422, "IdempotencyKeyReused"),
-            (ApiError::Unauthorized, 401, "Unauthorized"),
-            (
+            input(
                 InputError::InvalidHeader {
                     name: "Idempotency-Key",
                     reason: "r",
-                }
-                .into(),
+                },
                 400,
                 "InvalidHeader",
             ),
-            (
-                InputError::MissingShardKey("tenant".into()).into(),
+            input(
+                InputError::MissingShardKey("tenant".into()),
                 400,
                 "MissingShardKey",
             ),
-            (
-                ApiError::Unavailable {
-                    retry_after: Duration::from_millis(1500),
-                    source: None,
-                },
+            case(
+                ApiError::BodyTooLarge { limit: 1 },
+                413,
+                "PayloadTooLarge",
+                "the request body is larger than 1 bytes",
+            ),
+            case(
+                ApiError::UnreadableBody,
+                400,
+                "UnreadableBody",
+                "the request body could not be read",
+            ),
+            case(
+                WriteError::Conflict(id()),
+                409,
+                "Conflict",
+                "a document with _id a already exists",
+            ),
+            case(
+                WriteError::NotFound(id()),
+                404,
+                "NotFound",
+                "there is no document with _id a",
+            ),
+            case(ApiError::NoRoute, 404, "NotFound", "not found"),
+            case(
+                WriteError::PreconditionFailed("x"),
+                412,
+                "PreconditionFailed",
+                "precondition failed: x",
+            ),
+            case(
+                WriteError::IdempotencyKeyReused,
+                422,
+                "IdempotencyKeyReused",
+                "this Idempotency-Key was already used for a different request",
+            ),
+            case(
+                ApiError::Unauthorized,
+                401,
+                "Unauthorized",
+                "a valid function key is required (x-functions-key header or code query parameter)",
+            ),
+            case(
+                unavailable(Duration::from_millis(1500), None),
                 503,
                 "ServiceUnavailable",
+                "the service is temporarily unavailable",
             ),
-            (ApiError::Internal("boom".into()), 500, "InternalError"),
-            (
+            case(
+                WriteError::Internal(db_error("boom")),
+                500,
+                "InternalError",
+                "internal error",
+            ),
+            case(
                 ApiError::MethodNotAllowed {
                     method: "GET".into(),
                     allow: "POST".into(),
                 },
                 405,
                 "MethodNotAllowed",
+                "method GET is not allowed; use POST",
             ),
         ];
         let mut seen = std::collections::BTreeSet::new();
-        for (e, status, code) in cases {
-            let (s, c, _) = status_code_body(&e);
+        for (e, status, code, message) in cases {
+            let (s, c, body) = status_code_body(&e);
             assert_eq!((s, c.as_str()), (status, code), "{e:?}");
+            assert_eq!(body["error"]["message"], message.as_str(), "{e:?}");
             assert!(
                 ApiError::CODES.contains(&(code, status)),
                 "{code} missing from CODES"
@@ -357,11 +400,7 @@ mod tests {
 
     #[test]
     fn unavailable_says_when_to_retry_and_405_says_what_is_allowed() {
-        let r = ApiError::Unavailable {
-            retry_after: Duration::from_millis(1500),
-            source: None,
-        }
-        .response();
+        let r = unavailable(Duration::from_millis(1500), None).response();
         assert!(r.headers.contains(&(header::RETRY_AFTER, "2".into())));
         let r = ApiError::MethodNotAllowed {
             method: "GET".into(),
@@ -373,13 +412,14 @@ mod tests {
 
     #[test]
     fn server_errors_never_show_their_cause() {
-        let e = ApiError::Internal("mongodb://admin:hunter2@db: connection refused".into());
+        let e: ApiError =
+            WriteError::Internal(db_error("mongodb://admin:hunter2@db: connection refused")).into();
         let (_, _, body) = status_code_body(&e);
         assert_eq!(body["error"]["message"], "internal error");
-        let e = ApiError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            source: Some("Server selection timeout: mongodb://u:p@h".into()),
-        };
+        let e = unavailable(
+            Duration::from_secs(1),
+            Some("Server selection timeout: mongodb://u:p@h"),
+        );
         let (_, _, body) = status_code_body(&e);
         assert!(!body.to_string().contains("mongodb://"), "{body}");
     }
