@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -12,19 +13,30 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
-use crate::functions::{self, AppState, Mode};
+use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
 use crate::publisher::Publisher;
 use crate::relay::Relay;
-use crate::schedule::{self, Schedule};
+use crate::standalone::{self, Schedule};
 use crate::telemetry::chain;
+
+/// Which routes to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Started by the Functions host: envelopes, and raw requests for forwarding mode.
+    Functions,
+    /// `handler serve`: raw requests and the admin endpoint.
+    Standalone,
+}
 
 /// A bound, ready-to-run handler.
 pub struct App {
     listener: TcpListener,
-    state: AppState,
+    router: Router,
     mode: Mode,
-    schedule: Option<Schedule>,
+    /// The standalone timer and what it runs.
+    schedule: Option<(Schedule, OutboxTimer)>,
     db: Arc<Db>,
+    shutdown: CancellationToken,
 }
 
 impl App {
@@ -46,26 +58,26 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        // The one place the core is built; every adapter gets its part of it.
         let db = Arc::new(Db::new(settings.mongodb.clone()));
         let publisher = Publisher::new(&settings.eventgrid)?;
         let relay = Relay::new(Arc::clone(&db), publisher, settings.relay.clone());
         let documents = DocumentService::new(Arc::clone(&db), settings.event_types.clone());
-        let http_function = Arc::new(HttpFunction::load(&settings.app_root)?);
-        let state = AppState {
-            documents,
-            relay,
-            time_budget: settings.relay.time_budget,
-            shutdown,
-            schedule_lock: Arc::default(),
-            http_function,
-            standalone_key: settings.standalone_key.clone(),
+        let write = WriteDocumentHttp::new(documents, HttpFunction::load(&settings.app_root)?);
+        let timer = OutboxTimer::new(relay, settings.relay.time_budget, shutdown.clone());
+        let router = match mode {
+            Mode::Functions => functions::router(write, timer.clone()),
+            Mode::Standalone => {
+                standalone::router(write, timer.clone(), settings.standalone_key.clone())
+            }
         };
         Ok(Self {
             listener,
-            state,
+            router,
             mode,
-            schedule,
+            schedule: schedule.map(|s| (s, timer)),
             db,
+            shutdown,
         })
     }
 
@@ -85,12 +97,12 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
-            state,
+            router,
             mode,
             schedule,
             db,
+            shutdown,
         } = self;
-        let shutdown = state.shutdown.clone();
         tracing::info!(
             address = %listener.local_addr()?,
             mode = ?mode,
@@ -107,8 +119,9 @@ impl App {
                 ),
             }
         });
-        let timer = schedule.map(|s| tokio::spawn(schedule::run(s, state.clone())));
-        let router = functions::router(state, mode);
+        let timer = schedule.map(|(schedule, timer)| {
+            tokio::spawn(standalone::schedule::run(schedule, timer, shutdown.clone()))
+        });
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;

@@ -11,9 +11,12 @@
 //! - [`documents`] — use case: a document and its outbox entry, atomically.
 //! - [`publisher`] — Event Grid requests: batching, auth, response classification, backoff.
 //! - [`relay`] — use case: drain due entries to Event Grid, at least once.
-//! - [`schedule`] — standalone mode's timer.
-//! - [`functions`] — adapters: the host's envelopes, raw HTTP, standalone routes.
-//! - [`app`] — wiring and serving.
+//! - [`functions`] — adapters: the host's envelopes and raw HTTP, one module per function;
+//!   [`functions::binding`] reads the app root's `host.json` and `function.json` files;
+//!   [`functions::error`] maps the use case's errors to HTTP in one table.
+//! - [`standalone`] — `handler serve`: the raw HTTP routes behind its own function-key check,
+//!   the admin endpoint, and the timer's schedule.
+//! - [`app`] — wiring (the one place the core is built) and serving, in either mode.
 //! - [`ops`] — operator commands.
 
 pub mod app;
@@ -26,5 +29,5 @@ pub mod ops;
 pub mod outbox;
 pub mod publisher;
 pub mod relay;
-pub mod schedule;
+pub mod standalone;
 pub mod telemetry;

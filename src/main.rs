@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use outbox_relay::app::App;
+use outbox_relay::app::{App, Mode};
 use outbox_relay::config::{self, Env, MongoSettings, Settings};
 use outbox_relay::domain::EventId;
-use outbox_relay::functions::Mode;
-use outbox_relay::{ops, schedule, telemetry};
+use outbox_relay::standalone::{self, Schedule};
+use outbox_relay::{ops, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Transactional outbox for MongoDB / Azure Cosmos DB for MongoDB, relayed to Azure Event Grid.
@@ -109,7 +109,7 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         }
         Some(Command::Serve { port }) => {
             let settings = Settings::from_env(env)?;
-            let schedule = schedule::resolve(&settings)?;
+            let schedule = standalone::schedule::resolve(&settings)?;
             let addr = SocketAddr::new(
                 settings.standalone_bind,
                 port.unwrap_or(settings.standalone_port),
@@ -157,7 +157,7 @@ async fn serve(
     settings: &Settings,
     mode: Mode,
     addr: SocketAddr,
-    schedule: Option<schedule::Schedule>,
+    schedule: Option<Schedule>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let app = App::build(settings, mode, addr, schedule, shutdown.clone()).await?;

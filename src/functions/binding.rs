@@ -1,18 +1,105 @@
-//! The HTTP function's public shape, read from the app root the way the host reads it: the
-//! `route` and `methods` of `WriteDocumentHttp/function.json` and the `routePrefix` of
-//! `host.json`. Raw routes (forwarding and standalone mode) and `Location` headers follow it,
-//! so the files stay the one place that defines the public URL.
+//! The function app's files in the app root, read the way the host reads them. The one reader
+//! of `host.json` and the `function.json` files; each user takes what it needs:
+//!
+//! - [`HttpFunction`]: the `route` and `methods` of `WriteDocumentHttp`'s httpTrigger under
+//!   `host.json`'s `routePrefix`. Raw routes (forwarding and standalone mode) and `Location`
+//!   headers follow it, so the files stay the one place that defines the public URL.
+//! - [`timer_schedule`]: the `schedule` of `OutboxTimer`'s timerTrigger, which standalone mode
+//!   follows unless `OUTBOX_SCHEDULE` is set.
+//!
+//! Where the app root has no such file (a container holding only the binary), the copy built
+//! into the binary is used.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use axum::http::Method;
+use serde_json::Value;
 
 use crate::config::ConfigError;
 use crate::domain::DocumentId;
 
-const FUNCTION_JSON: &str = "WriteDocumentHttp/function.json";
-const EMBEDDED_FUNCTION_JSON: &str = include_str!("../../WriteDocumentHttp/function.json");
-const EMBEDDED_HOST_JSON: &str = include_str!("../../host.json");
+/// A file of the function app, with the copy built into the binary.
+struct AppFile {
+    /// Relative to the app root.
+    path: &'static str,
+    embedded: &'static str,
+}
+
+const HOST_JSON: AppFile = AppFile {
+    path: "host.json",
+    embedded: include_str!("../../host.json"),
+};
+const WRITE_DOCUMENT_HTTP: AppFile = AppFile {
+    path: "WriteDocumentHttp/function.json",
+    embedded: include_str!("../../WriteDocumentHttp/function.json"),
+};
+const OUTBOX_TIMER: AppFile = AppFile {
+    path: "OutboxTimer/function.json",
+    embedded: include_str!("../../OutboxTimer/function.json"),
+};
+
+impl AppFile {
+    /// The file's text in `app_root`, or the built-in copy when the app root has none.
+    fn read(&self, app_root: &Path) -> std::io::Result<String> {
+        match std::fs::read_to_string(app_root.join(self.path)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self.embedded.to_owned()),
+            other => other,
+        }
+    }
+}
+
+/// The binding of type `kind` (`httpTrigger`, `timerTrigger`) in a parsed `function.json`.
+fn binding<'a>(function: &'a Value, kind: &str) -> Option<&'a Value> {
+    function
+        .get("bindings")?
+        .as_array()?
+        .iter()
+        .find(|b| b.get("type").and_then(Value::as_str) == Some(kind))
+}
+
+/// Why `OutboxTimer/function.json` gives no schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum TimerScheduleError {
+    /// The file exists but cannot be read.
+    #[error("{} cannot be read: {error}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not JSON, or has no timerTrigger with a `schedule`.
+    #[error("{} has no timerTrigger schedule", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The `schedule` of `OutboxTimer/function.json` in `app_root` (or of the built-in copy), as
+/// written: it may name an app setting as `%NAME%`, which the caller resolves.
+///
+/// # Errors
+/// When the file cannot be read or has no schedule.
+pub fn timer_schedule(app_root: &Path) -> Result<String, TimerScheduleError> {
+    let path = app_root.join(OUTBOX_TIMER.path);
+    let text = OUTBOX_TIMER
+        .read(app_root)
+        .map_err(|error| TimerScheduleError::Unreadable {
+            path: path.clone(),
+            error,
+        })?;
+    schedule_in(&text).ok_or(TimerScheduleError::Missing { path })
+}
+
+fn schedule_in(function_json: &str) -> Option<String> {
+    let function: Value = serde_json::from_str(function_json).ok()?;
+    binding(&function, "timerTrigger")?
+        .get("schedule")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// The methods this function implements.
 const SUPPORTED: [Method; 3] = [Method::POST, Method::PUT, Method::DELETE];
 
@@ -32,30 +119,27 @@ struct IdParam {
     optional: bool,
 }
 
+/// Errors in the HTTP function's files name `WriteDocumentHttp/function.json`.
 fn bad(reason: impl Into<String>) -> ConfigError {
     ConfigError {
-        setting: FUNCTION_JSON,
+        setting: WRITE_DOCUMENT_HTTP.path,
         reason: reason.into(),
     }
 }
 
 impl HttpFunction {
-    /// Reads the files from `app_root`, or the copies built into the binary where the app root
-    /// has none (a container holding only the binary).
+    /// Reads `host.json` and `WriteDocumentHttp/function.json` from `app_root`, or the copies
+    /// built into the binary where the app root has none.
     ///
     /// # Errors
     /// When a file cannot be read or parsed, or the route has a shape this handler cannot
     /// serve.
     pub fn load(app_root: &Path) -> Result<Self, ConfigError> {
-        let read = |rel: &str, embedded: &str| match std::fs::read_to_string(app_root.join(rel)) {
-            Ok(t) => Ok(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(embedded.to_owned()),
-            Err(e) => Err(bad(format!("cannot read {rel}: {e}"))),
+        let read = |file: &AppFile| {
+            file.read(app_root)
+                .map_err(|e| bad(format!("cannot read {}: {e}", file.path)))
         };
-        Self::parse(
-            &read("host.json", EMBEDDED_HOST_JSON)?,
-            &read(FUNCTION_JSON, EMBEDDED_FUNCTION_JSON)?,
-        )
+        Self::parse(&read(&HOST_JSON)?, &read(&WRITE_DOCUMENT_HTTP)?)
     }
 
     /// Parses `host.json` and `function.json` texts.
@@ -63,73 +147,27 @@ impl HttpFunction {
     /// # Errors
     /// As [`HttpFunction::load`].
     pub fn parse(host_json: &str, function_json: &str) -> Result<Self, ConfigError> {
-        let host: serde_json::Value = serde_json::from_str(host_json)
+        let host: Value = serde_json::from_str(host_json)
             .map_err(|e| bad(format!("host.json is not valid JSON: {e}")))?;
         let prefix = host
             .pointer("/extensions/http/routePrefix")
-            .and_then(serde_json::Value::as_str)
+            .and_then(Value::as_str)
             .unwrap_or("api")
-            .trim_matches('/')
-            .to_owned();
-        let function: serde_json::Value =
+            .trim_matches('/');
+        let function: Value =
             serde_json::from_str(function_json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let trigger = function
-            .get("bindings")
-            .and_then(serde_json::Value::as_array)
-            .and_then(|b| {
-                b.iter().find(|b| {
-                    b.get("type").and_then(serde_json::Value::as_str) == Some("httpTrigger")
-                })
-            })
-            .ok_or_else(|| bad("has no httpTrigger binding"))?;
+        let trigger =
+            binding(&function, "httpTrigger").ok_or_else(|| bad("has no httpTrigger binding"))?;
         let route = trigger
             .get("route")
-            .and_then(serde_json::Value::as_str)
+            .and_then(Value::as_str)
             .unwrap_or("WriteDocumentHttp")
             .trim_matches('/');
-        let mut segments: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
-        let id = match segments.last() {
-            Some(last) if last.starts_with('{') => {
-                let inner = last.trim_start_matches('{').trim_end_matches('}');
-                let (name, optional) = inner
-                    .strip_suffix('?')
-                    .map_or((inner, false), |n| (n, true));
-                let name = name.split(':').next().unwrap_or_default();
-                if name != "id" {
-                    return Err(bad(format!(
-                        "route {route:?}: the only supported parameter is a last segment {{id}} or {{id?}}"
-                    )));
-                }
-                segments.pop();
-                Some(IdParam { optional })
-            }
-            _ => None,
-        };
-        if segments.iter().any(|s| s.contains('{') || s.contains('*')) {
-            return Err(bad(format!(
-                "route {route:?}: parameters other than a last {{id}} segment are not supported"
-            )));
-        }
-        let methods = match trigger.get("methods").and_then(serde_json::Value::as_array) {
-            None => SUPPORTED.to_vec(),
-            Some(list) => {
-                let wanted: Vec<String> = list
-                    .iter()
-                    .filter_map(|m| m.as_str().map(str::to_ascii_uppercase))
-                    .collect();
-                SUPPORTED
-                    .iter()
-                    .filter(|m| wanted.iter().any(|w| w == m.as_str()))
-                    .cloned()
-                    .collect()
-            }
-        };
-        if methods.is_empty() {
-            return Err(bad("methods lists none of post, put, delete"));
-        }
+        let (segments, id) = split_route(route)?;
+        let methods = allowed_methods(trigger)?;
         let mut base = String::new();
-        for part in std::iter::once(prefix.as_str())
-            .chain(segments.iter().copied())
+        for part in std::iter::once(prefix)
+            .chain(segments)
             .filter(|p| !p.is_empty())
         {
             base.push('/');
@@ -177,6 +215,57 @@ impl HttpFunction {
     }
 }
 
+/// The route's fixed segments, and its last `{id}` / `{id?}` parameter if any (constraints such
+/// as `{id:alpha}` are the host's business).
+fn split_route(route: &str) -> Result<(Vec<&str>, Option<IdParam>), ConfigError> {
+    let mut segments: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
+    let id = match segments.last() {
+        Some(last) if last.starts_with('{') => {
+            let inner = last.trim_start_matches('{').trim_end_matches('}');
+            let (name, optional) = inner
+                .strip_suffix('?')
+                .map_or((inner, false), |n| (n, true));
+            let name = name.split(':').next().unwrap_or_default();
+            if name != "id" {
+                return Err(bad(format!(
+                    "route {route:?}: the only supported parameter is a last segment {{id}} or {{id?}}"
+                )));
+            }
+            segments.pop();
+            Some(IdParam { optional })
+        }
+        _ => None,
+    };
+    if segments.iter().any(|s| s.contains('{') || s.contains('*')) {
+        return Err(bad(format!(
+            "route {route:?}: parameters other than a last {{id}} segment are not supported"
+        )));
+    }
+    Ok((segments, id))
+}
+
+/// The supported methods the trigger lists (all of them when it lists none).
+fn allowed_methods(trigger: &Value) -> Result<Vec<Method>, ConfigError> {
+    let methods: Vec<Method> = match trigger.get("methods").and_then(Value::as_array) {
+        None => SUPPORTED.to_vec(),
+        Some(list) => {
+            let wanted: Vec<String> = list
+                .iter()
+                .filter_map(|m| m.as_str().map(str::to_ascii_uppercase))
+                .collect();
+            SUPPORTED
+                .iter()
+                .filter(|m| wanted.iter().any(|w| w == m.as_str()))
+                .cloned()
+                .collect()
+        }
+    };
+    if methods.is_empty() {
+        return Err(bad("methods lists none of post, put, delete"));
+    }
+    Ok(methods)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_shipped_files_give_documents_with_an_optional_id() {
-        let f = HttpFunction::parse(EMBEDDED_HOST_JSON, EMBEDDED_FUNCTION_JSON).unwrap();
+        let f = HttpFunction::parse(HOST_JSON.embedded, WRITE_DOCUMENT_HTTP.embedded).unwrap();
         assert_eq!(
             f.raw_routes(),
             (
@@ -244,13 +333,29 @@ mod tests {
                 )),
             )
             .unwrap_err();
-            assert_eq!(e.setting, FUNCTION_JSON, "{route}");
+            assert_eq!(e.setting, WRITE_DOCUMENT_HTTP.path, "{route}");
         }
         let e = HttpFunction::parse(
             HOST,
             &function(r#"{"type":"httpTrigger","name":"req","methods":["get"]}"#),
         )
         .unwrap_err();
-        assert_eq!(e.setting, FUNCTION_JSON);
+        assert_eq!(e.setting, WRITE_DOCUMENT_HTTP.path);
+    }
+
+    #[test]
+    fn the_timer_schedule_is_the_timer_triggers_schedule() {
+        assert_eq!(
+            schedule_in(OUTBOX_TIMER.embedded).as_deref(),
+            Some("0 */1 * * * *")
+        );
+        assert_eq!(
+            schedule_in(r#"{"bindings":[{"type":"timerTrigger","schedule":"%OUTBOX_SCHEDULE%"}]}"#)
+                .as_deref(),
+            Some("%OUTBOX_SCHEDULE%")
+        );
+        for odd in ["", "not json", r#"{"bindings":[{"type":"httpTrigger"}]}"#] {
+            assert_eq!(schedule_in(odd), None, "{odd:?}");
+        }
     }
 }

@@ -13,16 +13,18 @@
 //! Every answer body is `{"id", "eventId", "version", "operation"}` or an error. A replay under
 //! the same `Idempotency-Key` answers the same, with `Idempotent-Replayed: true`.
 
+use std::sync::Arc;
+
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
+use super::binding::HttpFunction;
 use super::error::{ApiError, ApiResponse};
 use super::invoke::{HttpTriggerData, InvocationRequest, InvocationResponse};
-use crate::documents::{self, MAX_BODY_BYTES, WriteRequest, Written};
+use crate::documents::{self, DocumentService, MAX_BODY_BYTES, WriteRequest, Written};
 use crate::domain::Operation;
 
 /// Largest envelope accepted from the host: the body travels JSON-escaped inside it.
@@ -30,6 +32,31 @@ pub const MAX_ENVELOPE_BYTES: usize = 8 * MAX_BODY_BYTES;
 
 /// Header marking an answer replayed from an idempotency record.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// What the function needs: the use case, and the public shape the app root gives it. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct WriteDocumentHttp {
+    documents: DocumentService,
+    function: Arc<HttpFunction>,
+}
+
+impl WriteDocumentHttp {
+    /// The function writing through `documents` on the route and methods of `function`.
+    #[must_use]
+    pub fn new(documents: DocumentService, function: HttpFunction) -> Self {
+        Self {
+            documents,
+            function: Arc::new(function),
+        }
+    }
+
+    /// The route and methods it answers on.
+    #[must_use]
+    pub fn function(&self) -> &HttpFunction {
+        &self.function
+    }
+}
 
 /// A request as the core needs it, however it arrived.
 struct Incoming<'a> {
@@ -40,8 +67,8 @@ struct Incoming<'a> {
 }
 
 /// The core of the function.
-async fn handle(state: &AppState, req: Incoming<'_>) -> ApiResponse {
-    let function = &state.http_function;
+async fn handle(state: &WriteDocumentHttp, req: Incoming<'_>) -> ApiResponse {
+    let function = &state.function;
     let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()).ok();
     let with_id = req.id.is_some();
     let op = match method {
@@ -74,12 +101,12 @@ async fn handle(state: &AppState, req: Incoming<'_>) -> ApiResponse {
         traceparent: traceparent.as_deref(),
     };
     match state.documents.write(request).await {
-        Ok(written) => success(state, &written),
-        Err(e) => ApiError::from(e).response(),
+        Ok(written) => success(function, &written),
+        Err(e) => ApiError::Write(e).response(),
     }
 }
 
-fn success(state: &AppState, w: &Written) -> ApiResponse {
+fn success(function: &HttpFunction, w: &Written) -> ApiResponse {
     let status = match w.operation {
         Operation::Created => StatusCode::CREATED,
         Operation::Replaced | Operation::Deleted => StatusCode::OK,
@@ -97,10 +124,7 @@ fn success(state: &AppState, w: &Written) -> ApiResponse {
         r = r.with_header(header::ETAG, w.revision.etag());
     }
     if w.operation == Operation::Created {
-        r = r.with_header(
-            header::LOCATION,
-            state.http_function.location(&w.document_id),
-        );
+        r = r.with_header(header::LOCATION, function.location(&w.document_id));
     }
     if w.replayed {
         r = r.with_header(REPLAYED, "true");
@@ -110,7 +134,7 @@ fn success(state: &AppState, w: &Written) -> ApiResponse {
 
 /// `POST /WriteDocumentHttp`: the host's envelope. The answer to the host is 200 whatever the
 /// outcome; the caller's status travels in `Outputs.res`.
-pub async fn envelope(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+pub async fn envelope(State(state): State<WriteDocumentHttp>, body: axum::body::Bytes) -> Response {
     let request: InvocationRequest<HttpTriggerData> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -143,20 +167,20 @@ pub async fn envelope(State(state): State<AppState>, body: axum::body::Bytes) ->
 }
 
 /// The raw request on the collection URL (`/api/documents`).
-pub async fn raw_collection(State(state): State<AppState>, request: Request) -> Response {
+pub async fn raw_collection(State(state): State<WriteDocumentHttp>, request: Request) -> Response {
     raw(&state, None, request).await
 }
 
 /// The raw request on a document's URL (`/api/documents/{id}`).
 pub async fn raw_item(
-    State(state): State<AppState>,
+    State(state): State<WriteDocumentHttp>,
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
     raw(&state, Some(&id), request).await
 }
 
-async fn raw(state: &AppState, id: Option<&str>, request: Request) -> Response {
+async fn raw(state: &WriteDocumentHttp, id: Option<&str>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers: HeaderMap = parts.headers;
     let header = |name: &str| {

@@ -4,19 +4,15 @@
 //! overruns its next occurrence is followed by one run right away, not by one per missed
 //! occurrence.
 
-use std::path::Path;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::functions::AppState;
+use crate::functions::OutboxTimer;
+use crate::functions::binding;
 
-/// The `OutboxTimer/function.json` shipped with the binary, used when the app root has none
-/// (a container holding only the binary).
-const EMBEDDED_FUNCTION_JSON: &str = include_str!("../OutboxTimer/function.json");
 const SETTING: &str = "OUTBOX_SCHEDULE";
 
 /// A parsed NCRONTAB expression (`second minute hour day month day-of-week`, UTC; five fields
@@ -84,14 +80,8 @@ pub fn resolve(settings: &Settings) -> Result<Schedule, ConfigError> {
     if let Some(expr) = &settings.schedule {
         return Schedule::parse(expr);
     }
-    let path = settings.app_root.join("OutboxTimer").join("function.json");
-    let text = read_function_json(&path)?;
-    let raw = schedule_in(&text).ok_or_else(|| {
-        schedule_error(format!(
-            "is not set and {} has no timerTrigger schedule",
-            path.display()
-        ))
-    })?;
+    let raw = binding::timer_schedule(&settings.app_root)
+        .map_err(|e| schedule_error(format!("is not set and {e}")))?;
     let expr = if let Some(name) = raw.strip_prefix('%').and_then(|r| r.strip_suffix('%')) {
         settings.app_setting(name).ok_or_else(|| {
             schedule_error(format!(
@@ -104,30 +94,8 @@ pub fn resolve(settings: &Settings) -> Result<Schedule, ConfigError> {
     Schedule::parse(&expr)
 }
 
-fn read_function_json(path: &Path) -> Result<String, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EMBEDDED_FUNCTION_JSON.to_owned()),
-        Err(e) => Err(schedule_error(format!(
-            "is not set and {} cannot be read: {e}",
-            path.display()
-        ))),
-    }
-}
-
-fn schedule_in(function_json: &str) -> Option<String> {
-    let v = serde_json::Value::from_str(function_json).ok()?;
-    v.get("bindings")?
-        .as_array()?
-        .iter()
-        .find(|b| b.get("type").and_then(|t| t.as_str()) == Some("timerTrigger"))?
-        .get("schedule")?
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// Runs drains on `schedule` until shutdown.
-pub async fn run(schedule: Schedule, state: AppState) {
+/// Runs `timer` on `schedule` until `shutdown`, one run after the other in this loop.
+pub async fn run(schedule: Schedule, timer: OutboxTimer, shutdown: CancellationToken) {
     tracing::info!(
         schedule = schedule.expression(),
         "Standalone schedule started"
@@ -139,18 +107,16 @@ pub async fn run(schedule: Schedule, state: AppState) {
                 schedule = schedule.expression(),
                 "The schedule has no further occurrence; the outbox will only be drained on demand"
             );
-            state.shutdown.cancelled().await;
+            shutdown.cancelled().await;
             return;
         };
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = state.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         }
-        {
-            let _one_at_a_time = state.schedule_lock.lock().await;
-            let _ = state.drain().await;
-        }
+        // The relay logs the run's summary itself.
+        let _ = timer.run().await;
         // Overran one or more occurrences: run once more right away (as the host does), then
         // continue from now.
         last = if schedule.next_after(next).is_some_and(|n| n <= Utc::now()) {
@@ -158,7 +124,7 @@ pub async fn run(schedule: Schedule, state: AppState) {
         } else {
             next
         };
-        if state.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             return;
         }
     }
@@ -221,7 +187,8 @@ mod tests {
 
     #[test]
     fn the_shipped_function_json_has_a_valid_schedule() {
-        let expr = schedule_in(EMBEDDED_FUNCTION_JSON).unwrap();
+        // An app root without the file falls back to the copy built into the binary.
+        let expr = binding::timer_schedule(std::path::Path::new("/nonexistent-app-root")).unwrap();
         assert!(Schedule::parse(&expr).is_ok(), "{expr}");
     }
 }
