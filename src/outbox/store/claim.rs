@@ -10,7 +10,7 @@ use mongodb::bson::{self, Bson, Document, doc};
 use uuid::Uuid;
 
 use super::OutboxStore;
-use super::entry::{ClaimRow, IdRow, after, bson_time, error_doc, ids_bson, uuid_bson};
+use super::entry::{ClaimState, IdRow, Row, after, bson_time, error_doc, ids_bson, uuid_bson};
 use super::fields::{claim_order, field};
 use crate::db::DbError;
 use crate::domain::EventId;
@@ -157,7 +157,7 @@ impl OutboxStore {
     async fn cutoff(&self, due: &Document, limit: u32) -> Result<Option<bson::DateTime>, DbError> {
         let row = self
             .entries
-            .clone_with_type::<DueRow>()
+            .clone_with_type::<Row<DueState>>()
             .find_one(due.clone())
             .sort(claim_order())
             .skip(u64::from(limit.saturating_sub(1)))
@@ -223,16 +223,16 @@ impl OutboxStore {
         token: ClaimToken,
         held_until: bson::DateTime,
     ) -> Result<Vec<ClaimedEntry>, DbError> {
-        let rows: Vec<ClaimRow> = self
+        let rows: Vec<Row<ClaimState>> = self
             .entries
-            .clone_with_type::<ClaimRow>()
+            .clone_with_type::<Row<ClaimState>>()
             .find(held(token, held_until))
             .sort(claim_order())
             .projection(doc! { field::ID: 1, field::ATTEMPTS: 1, field::EVENT: 1 })
             .await?
             .try_collect()
             .await?;
-        Ok(rows.into_iter().filter_map(ClaimRow::into_entry).collect())
+        Ok(rows.into_iter().filter_map(Row::into_entry).collect())
     }
 
     /// Marks published every entry the claim still holds — for a claim whose entries were all
@@ -356,13 +356,7 @@ fn published_at(now: DateTime<Utc>) -> Document {
 
 /// The cut-off read: only `due_at`, from the claim index.
 #[derive(serde::Deserialize)]
-struct DueRow {
-    #[serde(rename = "_outbox")]
-    state: DueRowState,
-}
-
-#[derive(serde::Deserialize)]
-struct DueRowState {
+struct DueState {
     /// Always there on a pending entry; were it missing, the claim would take every due
     /// entry, as with no cut-off.
     #[serde(default)]

@@ -1,6 +1,6 @@
-//! The stored form of an entry: [`new_entry`] writes it, [`ClaimRow`] reads back what a relay
-//! publishes; and the conversions between domain values and their stored forms. The rows other
-//! queries read (dead letters, counts, ordering blockers) sit beside those queries.
+//! The stored form of an entry: [`new_entry`] writes it, [`Row`] reads back what a query
+//! projected ([`ClaimState`]: what a relay publishes; the other queries' parts sit beside
+//! them); and the conversions between domain values and their stored forms.
 
 use std::time::Duration;
 
@@ -144,17 +144,29 @@ pub(super) struct IdRow {
     pub(super) id: Bson,
 }
 
-/// What the relay needs of a claimed entry: its id, attempts and event.
+/// An entry read back: its id, when the query projected it, and the part of `_outbox` it
+/// projected (`S`, a struct per query, beside the query).
 #[derive(Deserialize)]
-pub(super) struct ClaimRow {
-    #[serde(rename = "_id")]
-    id: Binary,
+pub(super) struct Row<S> {
+    #[serde(rename = "_id", default)]
+    pub(super) id: Option<Bson>,
     #[serde(rename = "_outbox")]
-    state: ClaimRowState,
+    pub(super) state: S,
 }
 
+impl<S> Row<S> {
+    /// The entry's id as an event id; `None` when it is not a binary UUID (not an entry's).
+    pub(super) fn event_id(&self) -> Option<EventId> {
+        match &self.id {
+            Some(Bson::Binary(b)) => Uuid::from_slice(&b.bytes).ok().map(EventId::from_uuid),
+            _ => None,
+        }
+    }
+}
+
+/// What the relay needs of a claimed entry: its attempts and event.
 #[derive(Deserialize)]
-struct ClaimRowState {
+pub(super) struct ClaimState {
     attempts: i32,
     event: EventRow,
 }
@@ -174,16 +186,16 @@ struct EventRow {
     traceparent: Option<String>,
 }
 
-impl ClaimRow {
+impl Row<ClaimState> {
     /// The entry to publish; `None` for a row that is not an entry's (an id that is not a
     /// UUID, data that is not JSON), which is then left alone.
     pub(super) fn into_entry(self) -> Option<ClaimedEntry> {
-        let uuid = Uuid::from_slice(&self.id.bytes).ok()?;
+        let id = self.event_id()?;
         let e = self.state.event;
         let data = RawValue::from_string(e.data).ok()?;
         Some(ClaimedEntry {
             event: OutboxEvent {
-                id: EventId::from_uuid(uuid),
+                id,
                 subject: e.subject,
                 event_type: e.event_type,
                 event_time: chrono_time(e.time),
@@ -213,11 +225,6 @@ pub(super) fn id_bson(id: &EventId) -> Bson {
 /// Event ids as entry `_id`s, for an `$in`.
 pub(super) fn ids_bson(ids: &[EventId]) -> Vec<Bson> {
     ids.iter().map(id_bson).collect()
-}
-
-/// An entry id read back, as an event id; `None` when it is not a UUID.
-pub(super) fn event_id(id: &Binary) -> Option<EventId> {
-    Uuid::from_slice(&id.bytes).ok().map(EventId::from_uuid)
 }
 
 /// A time as stored (milliseconds).
@@ -349,7 +356,7 @@ mod tests {
         let e = event().with_sequence(3);
         let entry = new_entry(&e, "documents", "d-1", None);
 
-        let row: ClaimRow = bson::from_document(entry).unwrap();
+        let row: Row<ClaimState> = bson::from_document(entry).unwrap();
         let claimed = row.into_entry().unwrap();
 
         assert_eq!(claimed.event.id, e.id);

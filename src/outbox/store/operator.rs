@@ -6,7 +6,7 @@ use mongodb::bson::{self, Bson, Document, doc};
 use serde::Deserialize;
 
 use super::OutboxStore;
-use super::entry::{bson_time, chrono_time, event_id, ids_bson};
+use super::entry::{Row, bson_time, chrono_time, ids_bson};
 use super::fields::{claim_order, field};
 use crate::db::DbError;
 use crate::domain::EventId;
@@ -62,7 +62,7 @@ impl OutboxStore {
         let skipped = self.count(status(EntryStatus::Skipped)).await?;
         let head = self
             .entries
-            .clone_with_type::<HeadRow>()
+            .clone_with_type::<Row<HeadState>>()
             .find_one(status(EntryStatus::Pending))
             .sort(claim_order())
             .projection(doc! { field::CREATED_AT: 1 })
@@ -87,9 +87,9 @@ impl OutboxStore {
     /// # Errors
     /// When the database fails.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
-        let rows: Vec<DeadLetterRow> = self
+        let rows: Vec<Row<DeadLetterState>> = self
             .entries
-            .clone_with_type::<DeadLetterRow>()
+            .clone_with_type::<Row<DeadLetterState>>()
             .find(doc! { field::STATUS: EntryStatus::Dead.as_str() })
             .sort(claim_order())
             .limit(limit)
@@ -103,10 +103,7 @@ impl OutboxStore {
             .await?
             .try_collect()
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(DeadLetterRow::into_dead_letter)
-            .collect())
+        Ok(rows.into_iter().filter_map(Row::into_dead_letter).collect())
     }
 
     /// Marks dead-lettered entries as skipped: kept, never published, no longer holding back
@@ -167,13 +164,7 @@ impl OutboxStore {
     }
 }
 
-/// The longest-waiting pending entry, for the lag.
-#[derive(Deserialize)]
-struct HeadRow {
-    #[serde(rename = "_outbox")]
-    state: HeadState,
-}
-
+/// The longest-waiting pending entry's `created_at`, for the lag.
 #[derive(Deserialize)]
 struct HeadState {
     #[serde(default)]
@@ -181,14 +172,6 @@ struct HeadState {
 }
 
 /// A dead entry, as [`OutboxStore::dead_letters`] projects it.
-#[derive(Deserialize)]
-struct DeadLetterRow {
-    #[serde(rename = "_id")]
-    id: Bson,
-    #[serde(rename = "_outbox")]
-    state: DeadLetterState,
-}
-
 #[derive(Deserialize)]
 struct DeadLetterState {
     #[serde(default)]
@@ -215,18 +198,16 @@ struct SubjectRow {
     subject: String,
 }
 
-impl DeadLetterRow {
+impl Row<DeadLetterState> {
     /// `None` for a row whose id is not an entry's (not a binary UUID).
     fn into_dead_letter(self) -> Option<DeadLetter> {
-        let Bson::Binary(id) = &self.id else {
-            return None;
-        };
+        let id = self.event_id()?;
         let state = self.state;
         let (reason, status) = state.last_error.map_or((String::new(), None), |l| {
             (l.message, l.status.and_then(|s| u16::try_from(s).ok()))
         });
         Some(DeadLetter {
-            id: event_id(id)?,
+            id,
             subject: state.event.map(|e| e.subject).unwrap_or_default(),
             attempts: u32::try_from(state.attempts).unwrap_or(0),
             dead_at: state.dead_at.map(chrono_time),

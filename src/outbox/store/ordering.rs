@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::OutboxStore;
 use super::claim::{Claim, ClaimToken, fenced};
-use super::entry::{after, bson_time};
+use super::entry::{Row, after, bson_time};
 use super::fields::field;
 use crate::db::DbError;
 use crate::domain::EventId;
@@ -67,9 +67,9 @@ impl OutboxStore {
         token: ClaimToken,
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, Blocker>, DbError> {
-        let rows: Vec<BlockerRow> = self
+        let rows: Vec<Row<BlockerState>> = self
             .entries
-            .clone_with_type::<BlockerRow>()
+            .clone_with_type::<Row<BlockerState>>()
             .find(doc! {
                 field::SUBJECT: { "$in": subjects.into_iter().collect::<Vec<_>>() },
                 field::STATUS: { "$in": [EntryStatus::Pending.as_str(), EntryStatus::Dead.as_str()] },
@@ -117,12 +117,6 @@ struct Blocker {
 
 /// A possible blocker, as read.
 #[derive(Deserialize)]
-struct BlockerRow {
-    #[serde(rename = "_outbox")]
-    state: BlockerState,
-}
-
-#[derive(Deserialize)]
 struct BlockerState {
     #[serde(default)]
     status: String,
@@ -145,7 +139,10 @@ struct BlockerEvent {
 }
 
 /// Per subject, the oldest of `rows` (the first read wins a tie).
-fn oldest_per_subject(rows: Vec<BlockerRow>, now: DateTime<Utc>) -> HashMap<String, Blocker> {
+fn oldest_per_subject(
+    rows: Vec<Row<BlockerState>>,
+    now: DateTime<Utc>,
+) -> HashMap<String, Blocker> {
     let mut oldest: HashMap<String, Blocker> = HashMap::new();
     for row in rows {
         let state = row.state;
@@ -274,7 +271,8 @@ mod tests {
 
     #[test]
     fn the_oldest_row_of_a_subject_is_its_blocker_and_a_leased_one_is_due_now() {
-        let row = |created_ms: i64, status: &str, leased: bool| BlockerRow {
+        let row = |created_ms: i64, status: &str, leased: bool| Row {
+            id: None,
             state: BlockerState {
                 status: status.into(),
                 due_at: Some(bson::DateTime::from_millis(5_000)),
