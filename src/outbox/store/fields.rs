@@ -1,7 +1,7 @@
 //! Every name the store's queries use: the entry's fields, as dotted paths, and the names of its
 //! indexes. Statuses are spelled by [`EntryStatus::as_str`](crate::outbox::EntryStatus::as_str).
-//! The typed rows in `entry.rs` use the same names, undotted; its tests check that every path
-//! here names a field of a new or a finished entry.
+//! The typed rows use the same names, undotted; `entry.rs`'s tests check that the paths of the
+//! fields a new entry has name fields [`new_entry`](super::new_entry) writes.
 
 use mongodb::bson::{Document, doc};
 
