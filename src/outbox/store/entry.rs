@@ -17,10 +17,6 @@ use crate::outbox::{ClaimedEntry, EntryStatus, LastError};
 /// The outbox entry for `event`, to insert in the same transaction as the change it
 /// announces. Its `_id` is the event id. `shard_key` (name and value) is copied from the
 /// document onto the entry so both land in one partition of a sharded collection.
-///
-/// # Panics
-/// Never: the entry holds strings, 32- and 64-bit integers, dates and binary ids only, which
-/// always serialise to BSON.
 #[must_use]
 pub fn new_entry(
     event: &OutboxEvent,
@@ -122,9 +118,6 @@ struct ErrorRecord<'a> {
 }
 
 /// `e`, failed at `now`, in its stored form.
-///
-/// # Panics
-/// Never: the record holds strings, integers and a date only.
 pub(super) fn error_doc(e: &LastError, now: DateTime<Utc>) -> Document {
     bson::to_document(&ErrorRecord {
         at: bson_time(now),
@@ -352,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_row_reads_back_what_new_entry_wrote() {
+    fn the_claimed_row_reads_back_what_new_entry_wrote() {
         let e = event().with_sequence(3);
         let entry = new_entry(&e, "documents", "d-1", None);
 
