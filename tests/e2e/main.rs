@@ -22,4 +22,5 @@ mod ops;
 mod ordering;
 mod relay;
 mod standalone;
+mod store;
 mod write_document;

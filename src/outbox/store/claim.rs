@@ -1,0 +1,364 @@
+//! Claiming due entries, and the fenced state changes a claim makes: mark published,
+//! reschedule, dead-letter, release. See the module doc of `store` for why this is safe with
+//! any number of relays.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc};
+use uuid::Uuid;
+
+use super::OutboxStore;
+use super::entry::{ClaimState, IdRow, Row, after, bson_time, error_doc, ids_bson, uuid_bson};
+use super::fields::{claim_order, field};
+use crate::db::DbError;
+use crate::domain::EventId;
+use crate::outbox::{ClaimedEntry, EntryStatus, LastError};
+
+/// Failures kept in an entry's history.
+const HISTORY_LEN: i32 = 10;
+
+/// Identifies one claim; every change under the claim is conditional on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken(Uuid);
+
+impl ClaimToken {
+    /// A fresh token.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The stored form (`lease_token`).
+    pub(super) fn bson(self) -> Bson {
+        uuid_bson(&self.0)
+    }
+}
+
+impl Default for ClaimToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for ClaimToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Entries claimed together.
+#[derive(Debug)]
+pub struct Claim {
+    /// The fencing token.
+    pub token: ClaimToken,
+    /// When the claim runs out; nothing may be published for it after this.
+    pub lease_until: DateTime<Utc>,
+    /// The entries, in claim order (oldest due first).
+    pub entries: Vec<ClaimedEntry>,
+    /// Candidates another relay took between our read and our update.
+    pub contended: usize,
+}
+
+/// Entries due at `now`: pending, and due at or before it (not held, not backing off).
+fn due_by(now: DateTime<Utc>) -> Document {
+    doc! {
+        field::STATUS: EntryStatus::Pending.as_str(),
+        field::DUE_AT: { "$lte": bson_time(now) },
+    }
+}
+
+/// Entries still held by a claim: pending, due at the end of its lease, with its token.
+fn held(token: ClaimToken, lease_until: bson::DateTime) -> Document {
+    doc! {
+        field::STATUS: EntryStatus::Pending.as_str(),
+        field::DUE_AT: lease_until,
+        field::LEASE_TOKEN: token.bson(),
+    }
+}
+
+/// Entries among `ids` still held under `token`: a relay whose lease was taken over matches
+/// none of them.
+pub(super) fn fenced(token: ClaimToken, ids: &[EventId]) -> Document {
+    doc! {
+        field::ID: { "$in": ids_bson(ids) },
+        field::LEASE_TOKEN: token.bson(),
+        field::STATUS: EntryStatus::Pending.as_str(),
+    }
+}
+
+impl OutboxStore {
+    /// Claims up to `limit` due entries for `lease`.
+    ///
+    /// Reads as four steps: the cut-off (the `due_at` of the `limit`-th due entry); one
+    /// conditional update taking every due entry before it; a top-up from the entries due
+    /// exactly at the cut-off; and the read-back of what this claim now holds.
+    ///
+    /// A crash after this call leaves the entries claimed until the lease runs out; then any
+    /// relay may claim them again. Nothing is lost.
+    ///
+    /// # Errors
+    /// When the database fails; then nothing was claimed, or what was claimed frees itself
+    /// when the lease runs out.
+    #[tracing::instrument(skip_all, fields(limit))]
+    pub async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Claim, DbError> {
+        let token = ClaimToken::new();
+        let lease_until = after(now, lease);
+        let held_until = bson_time(lease_until);
+        let due = due_by(now);
+        // Taking an entry moves its `due_at` to the end of the lease: it is no longer due, so
+        // no other claim can take it until the lease runs out.
+        let take = doc! {
+            "$set": { field::DUE_AT: held_until, field::LEASE_TOKEN: token.bson() },
+            "$inc": { field::CLAIMS: 1 },
+        };
+        let cutoff = self.cutoff(&due, limit).await?;
+        let mut taken = self.take_before(&due, cutoff, &take).await?;
+        let mut contended = 0;
+        if let Some(cutoff) = cutoff
+            && taken < u64::from(limit)
+        {
+            let want = u64::from(limit) - taken;
+            let (more, lost) = self.top_up_at(due, cutoff, want, take).await?;
+            taken += more;
+            contended = lost;
+        }
+        if taken == 0 {
+            return Ok(Claim {
+                token,
+                lease_until,
+                entries: Vec::new(),
+                contended,
+            });
+        }
+        let entries = self.read_back(token, held_until).await?;
+        tracing::debug!(
+            claimed = entries.len(),
+            contended,
+            lease.token = %token,
+            "Claimed outbox entries"
+        );
+        Ok(Claim {
+            token,
+            lease_until,
+            entries,
+            contended,
+        })
+    }
+
+    /// Step 1: the `due_at` of the `limit`-th due entry, read from the claim index alone;
+    /// `None` when fewer are due.
+    async fn cutoff(&self, due: &Document, limit: u32) -> Result<Option<bson::DateTime>, DbError> {
+        let row = self
+            .entries
+            .clone_with_type::<Row<DueState>>()
+            .find_one(due.clone())
+            .sort(claim_order())
+            .skip(u64::from(limit.saturating_sub(1)))
+            .projection(doc! { field::ID: 0, field::STATUS: 1, field::DUE_AT: 1 })
+            .await?;
+        Ok(row.and_then(|r| r.state.due_at))
+    }
+
+    /// Step 2: takes every due entry before the cut-off (or all of them, if fewer are due)
+    /// with one conditional update over an index range. Each entry is taken by one claim
+    /// only: the server evaluates the condition per document, and a taken entry's `due_at`
+    /// has moved to the end of its lease. Returns how many were taken.
+    async fn take_before(
+        &self,
+        due: &Document,
+        cutoff: Option<bson::DateTime>,
+        take: &Document,
+    ) -> Result<u64, DbError> {
+        let mut filter = due.clone();
+        if let Some(c) = cutoff {
+            filter.insert(field::DUE_AT, doc! { "$lt": c });
+        }
+        self.fenced_update(filter, take.clone()).await
+    }
+
+    /// Step 3: tops up from the entries due exactly at the cut-off, by id, so a claim takes
+    /// `limit` entries even when many share one millisecond. Returns how many were taken and
+    /// how many of the ids read another claim took first (contended).
+    async fn top_up_at(
+        &self,
+        due: Document,
+        cutoff: bson::DateTime,
+        want: u64,
+        take: Document,
+    ) -> Result<(u64, usize), DbError> {
+        let mut at_cutoff = due;
+        at_cutoff.insert(field::DUE_AT, cutoff);
+        let ids: Vec<Bson> = self
+            .entries
+            .clone_with_type::<IdRow>()
+            .find(at_cutoff.clone())
+            .limit(i64::try_from(want).unwrap_or(i64::MAX))
+            .projection(doc! { field::ID: 1 })
+            .await?
+            .map_ok(|r| r.id)
+            .try_collect()
+            .await?;
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        // Still due (the same condition as step 2): an entry another claim took meanwhile is
+        // left to it.
+        at_cutoff.insert(field::ID, doc! { "$in": &ids });
+        let more = self.fenced_update(at_cutoff, take).await?;
+        let contended = ids.len().saturating_sub(usize::try_from(more).unwrap_or(0));
+        Ok((more, contended))
+    }
+
+    /// Step 4: what this claim holds: the entries whose `due_at` is exactly the end of this
+    /// lease (an index range) and whose token is ours, in claim order.
+    async fn read_back(
+        &self,
+        token: ClaimToken,
+        held_until: bson::DateTime,
+    ) -> Result<Vec<ClaimedEntry>, DbError> {
+        let rows: Vec<Row<ClaimState>> = self
+            .entries
+            .clone_with_type::<Row<ClaimState>>()
+            .find(held(token, held_until))
+            .sort(claim_order())
+            .projection(doc! { field::ID: 1, field::ATTEMPTS: 1, field::EVENT: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.into_iter().filter_map(Row::into_entry).collect())
+    }
+
+    /// Marks published every entry the claim still holds — for a claim whose entries were all
+    /// published. One update over an index range instead of a list of ids. Returns how many.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn mark_claim_published(
+        &self,
+        token: ClaimToken,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        self.fenced_update(held(token, bson_time(lease_until)), published_at(now))
+            .await
+    }
+
+    /// Marks entries published; only those still held under `token`. Returns how many.
+    ///
+    /// Called only after Event Grid answered 200 for the request that carried them. A crash
+    /// before this call leaves them claimed: they are published again after the lease (a
+    /// duplicate, never a loss).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn mark_published(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        self.fenced_update(fenced(token, ids), published_at(now))
+            .await
+    }
+
+    /// Records a failed publish and makes the entries due again at `next_attempt_at`.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn reschedule(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        next_attempt_at: DateTime<Utc>,
+        error: &LastError,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let set = doc! { field::DUE_AT: bson_time(next_attempt_at) };
+        self.record_failure(token, ids, set, error, 1, now).await
+    }
+
+    /// Dead-letters entries: kept with their last error, never claimed again until requeued.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn dead_letter(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        error: &LastError,
+        count_attempt: bool,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let set = doc! {
+            field::STATUS: EntryStatus::Dead.as_str(),
+            field::DEAD_AT: bson_time(now),
+        };
+        self.record_failure(token, ids, set, error, i32::from(count_attempt), now)
+            .await
+    }
+
+    /// One fenced update that records a failure: `set` plus the last error, an attempt
+    /// (`attempts_inc`), the lease given up, and the error appended to the history.
+    async fn record_failure(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        mut set: Document,
+        error: &LastError,
+        attempts_inc: i32,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let err = error_doc(error, now);
+        set.insert(field::LEASE_TOKEN, Bson::Null);
+        set.insert(field::LAST_ERROR, err.clone());
+        let update = doc! {
+            "$set": set,
+            "$inc": { field::ATTEMPTS: attempts_inc },
+            "$push": { field::HISTORY: { "$each": [err], "$slice": -HISTORY_LEN } },
+        };
+        self.fenced_update(fenced(token, ids), update).await
+    }
+
+    /// Gives entries back without counting an attempt (the run ran out of time, or stopped on
+    /// a configuration error): they are due again at once.
+    ///
+    /// # Errors
+    /// When the database fails; the entries then stay claimed until the lease runs out.
+    pub async fn release(
+        &self,
+        token: ClaimToken,
+        ids: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        self.fenced_update(
+            fenced(token, ids),
+            doc! { "$set": { field::DUE_AT: bson_time(now), field::LEASE_TOKEN: Bson::Null } },
+        )
+        .await
+    }
+}
+
+/// The change that marks entries published. The lease token stays: it records which claim
+/// published the entry.
+fn published_at(now: DateTime<Utc>) -> Document {
+    doc! { "$set": {
+        field::STATUS: EntryStatus::Published.as_str(),
+        field::PUBLISHED_AT: bson_time(now),
+    } }
+}
+
+/// The cut-off read: only `due_at`, from the claim index.
+#[derive(serde::Deserialize)]
+struct DueState {
+    /// Always there on a pending entry; were it missing, the claim would take every due
+    /// entry, as with no cut-off.
+    #[serde(default)]
+    due_at: Option<bson::DateTime>,
+}

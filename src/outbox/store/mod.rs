@@ -1,0 +1,128 @@
+//! The only queries on outbox entries: insert, claim, the fenced state changes, the operator's
+//! commands, retention and index set-up.
+//!
+//! Where things are:
+//!
+//! | File | What |
+//! |---|---|
+//! | `fields.rs` | every field path and index name |
+//! | `entry.rs` | [`new_entry`], the claimed row read back, stored forms of ids and times |
+//! | `claim.rs` | [`OutboxStore::claim`] and the fenced changes under a [`Claim`]: mark published, reschedule, dead-letter, release |
+//! | `ordering.rs` | [`OutboxStore::defer_blocked`] (`OUTBOX_ORDERING=subject`) |
+//! | `operator.rs` | counts, [`DeadLetter`]s, requeue, skip |
+//! | `retention.rs` | bounded purges where the server has no TTL index |
+//! | `indexes.rs` | [`ensure_indexes`] and the [`Expiry`] it reports |
+//!
+//! An entry, as stored (`?`: only once set):
+//!
+//! ```text
+//! { _id: UUID (the event id; binary, so it never collides with a document's string _id),
+//!   _outbox: { status: "pending" | "published" | "dead" | "skipped",
+//!              due_at, lease_token (the claim holding it, or that published it; else null),
+//!              attempts, claims, created_at,
+//!              published_at?, dead_at?, skipped_at?, requeued_at?,
+//!              last_error?, history?: [..10 last errors],
+//!              document: { collection, id },
+//!              event: { subject, type, time, data_version, data (JSON text), sequence?,
+//!                       traceparent? } },
+//!   <shard key>?: copied from the document }
+//! ```
+//!
+//! Its life: `pending` → `published`, or → `dead`; an operator moves a dead entry back to
+//! `pending` (requeue) or on to `skipped`.
+//!
+//! **Claiming** is our `FOR UPDATE SKIP LOCKED`: candidates are read in claim order, then one
+//! conditional `updateMany` takes those still pending and due, setting a fresh lease token and
+//! moving `due_at` to the end of the lease. An entry is due again when its lease runs out, so a
+//! killed or stalled relay frees its entries by itself. Two relays never hold the same entry:
+//! the condition is evaluated per document, atomically, by the server.
+//!
+//! **Fencing**: every later change (published, rescheduled, dead-lettered, released, deferred)
+//! is conditional on the lease token. A relay whose lease expired and was taken over (a
+//! "zombie") changes nothing; at worst it has published an event again, which consumers
+//! de-duplicate by its id.
+//!
+//! Times come from the relay's clock; relays on different machines should keep their clocks in
+//! sync (NTP does, on Azure), or a fast clock sees leases expire early. Nothing is lost either
+//! way: an early takeover only risks a duplicate.
+
+mod claim;
+mod entry;
+mod fields;
+mod indexes;
+mod operator;
+mod ordering;
+mod retention;
+
+use mongodb::bson::Document;
+use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
+use mongodb::{ClientSession, Collection, Database};
+
+pub use claim::{Claim, ClaimToken};
+pub use entry::new_entry;
+pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
+pub use indexes::{Expiry, ensure_indexes};
+pub use operator::DeadLetter;
+
+use crate::db::DbError;
+
+/// Outbox entries in one collection.
+#[derive(Debug, Clone)]
+pub struct OutboxStore {
+    /// For the relay's state changes: acknowledged by the primary, not waiting for the journal
+    /// or a majority. Losing one of these writes (crash, failover rollback) can only make an
+    /// entry be claimed, or published, again — a duplicate, never a loss — and not waiting for
+    /// a journal flush per batch is what lets one relay claim tens of thousands of entries a
+    /// second.
+    entries: Collection<Document>,
+    /// The default (majority) write concern: inserts inside the write's transaction (which has
+    /// its own), and operator commands.
+    in_transaction: Collection<Document>,
+}
+
+impl OutboxStore {
+    /// The entries in `collection` of `db`.
+    #[must_use]
+    pub fn new(db: &Database, collection: &str) -> Self {
+        let relaxed = CollectionOptions::builder()
+            .write_concern(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Nodes(1))
+                    .journal(false)
+                    .build(),
+            )
+            .build();
+        Self {
+            entries: db.collection_with_options(collection, relaxed),
+            in_transaction: db.collection(collection),
+        }
+    }
+
+    /// Inserts a new entry inside the caller's transaction.
+    ///
+    /// # Errors
+    /// The driver's error, unclassified: the transaction callback must return it as is so that
+    /// the driver can retry transient failures.
+    pub async fn insert(
+        &self,
+        entry: &Document,
+        session: &mut ClientSession,
+    ) -> mongodb::error::Result<()> {
+        self.in_transaction
+            .insert_one(entry)
+            .session(session)
+            .await?;
+        Ok(())
+    }
+
+    /// The relay's state changes, all alike: one `updateMany` whose `filter` is fenced (on a
+    /// claim's token, or on being still due), with the relay's relaxed write concern. Returns
+    /// how many entries still matched and changed; the others belong to another claim now.
+    async fn fenced_update(&self, filter: Document, update: Document) -> Result<u64, DbError> {
+        Ok(self
+            .entries
+            .update_many(filter, update)
+            .await?
+            .modified_count)
+    }
+}
