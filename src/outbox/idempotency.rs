@@ -16,8 +16,9 @@ use mongodb::{ClientSession, Collection};
 use crate::db::DbError;
 use crate::domain::{InputError, Operation};
 
-/// The field holding a record's content; also what tells a record from a document.
-pub const ROOT: &str = "_idempotency";
+/// The field holding a record's content; also what tells a record from a document (which is
+/// why documents may not use it).
+pub const ROOT: &str = crate::domain::document::IDEMPOTENCY_FIELD;
 /// When the record expires (the TTL index counts from here with no delay).
 pub const EXPIRES_AT: &str = "_idempotency.expires_at";
 /// Name of the TTL index.
