@@ -13,6 +13,7 @@ use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
 use crate::functions::{self, AppState, Mode};
+use crate::outbox::Storage;
 use crate::publisher::Publisher;
 use crate::relay::Relay;
 use crate::schedule::{self, Schedule};
@@ -24,7 +25,7 @@ pub struct App {
     state: AppState,
     mode: Mode,
     schedule: Option<Schedule>,
-    db: Arc<Db>,
+    storage: Arc<Storage>,
 }
 
 impl App {
@@ -46,10 +47,10 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let db = Arc::new(Db::new(settings.mongodb.clone()));
+        let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
         let publisher = Publisher::new(&settings.eventgrid)?;
-        let relay = Relay::new(Arc::clone(&db), publisher, settings.relay.clone());
-        let documents = DocumentService::new(Arc::clone(&db), settings.event_types.clone());
+        let relay = Relay::new(Arc::clone(&storage), publisher, settings.relay.clone());
+        let documents = DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
         let http_function = Arc::new(HttpFunction::load(&settings.app_root)?);
         let state = AppState {
             documents,
@@ -65,7 +66,7 @@ impl App {
             state,
             mode,
             schedule,
-            db,
+            storage,
         })
     }
 
@@ -88,7 +89,7 @@ impl App {
             state,
             mode,
             schedule,
-            db,
+            storage,
         } = self;
         let shutdown = state.shutdown.clone();
         tracing::info!(
@@ -99,7 +100,7 @@ impl App {
         // Prepare the database in the background so the first request finds it ready; a
         // failure here is retried on first use.
         let prepare: JoinHandle<()> = tokio::spawn(async move {
-            match db.ready().await {
+            match storage.ready().await {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(
                     error = %chain(&e),
