@@ -14,10 +14,10 @@ pub const MAX_DEPTH: usize = 64;
 /// Longest accepted document id, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
 
-/// Top-level field that marks an outbox entry, and holds its state (see [`crate::outbox`]).
+/// Top-level field that marks an outbox entry, and holds its state (the outbox's `ROOT`).
 pub const OUTBOX_FIELD: &str = "_outbox";
-/// Top-level field that marks an idempotency record, and holds it (see
-/// [`crate::outbox::idempotency`]).
+/// Top-level field that marks an idempotency record, and holds it (the idempotency
+/// records' `ROOT`).
 pub const IDEMPOTENCY_FIELD: &str = "_idempotency";
 /// Top-level field holding a stored document's version (see [`crate::domain::change`]).
 pub const META_FIELD: &str = "_meta";
