@@ -14,6 +14,7 @@ use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
 use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
+use crate::outbox::Storage;
 use crate::publisher::Publisher;
 use crate::relay::Relay;
 use crate::standalone::{self, Schedule};
@@ -35,7 +36,7 @@ pub struct App {
     mode: Mode,
     /// The standalone timer and what it runs.
     schedule: Option<(Schedule, OutboxTimer)>,
-    db: Arc<Db>,
+    storage: Arc<Storage>,
     shutdown: CancellationToken,
 }
 
@@ -59,10 +60,10 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         // The one place the core is built; every adapter gets its part of it.
-        let db = Arc::new(Db::new(settings.mongodb.clone()));
+        let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
         let publisher = Publisher::new(&settings.eventgrid)?;
-        let relay = Relay::new(Arc::clone(&db), publisher, settings.relay.clone());
-        let documents = DocumentService::new(Arc::clone(&db), settings.event_types.clone());
+        let relay = Relay::new(Arc::clone(&storage), publisher, settings.relay.clone());
+        let documents = DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
         let write = WriteDocumentHttp::new(documents, HttpFunction::load(&settings.app_root)?);
         let timer = OutboxTimer::new(relay, settings.relay.time_budget, shutdown.clone());
         let router = match mode {
@@ -76,7 +77,7 @@ impl App {
             router,
             mode,
             schedule: schedule.map(|s| (s, timer)),
-            db,
+            storage,
             shutdown,
         })
     }
@@ -100,7 +101,7 @@ impl App {
             router,
             mode,
             schedule,
-            db,
+            storage,
             shutdown,
         } = self;
         tracing::info!(
@@ -111,7 +112,7 @@ impl App {
         // Prepare the database in the background so the first request finds it ready; a
         // failure here is retried on first use.
         let prepare: JoinHandle<()> = tokio::spawn(async move {
-            match db.ready().await {
+            match storage.ready().await {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(
                     error = %chain(&e),

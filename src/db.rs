@@ -1,5 +1,8 @@
-//! MongoDB: the lazily connected client, collection and index set-up, and the one place where
-//! driver errors are classified into what callers branch on.
+//! MongoDB: the lazily connected client, and the one place where driver errors are classified
+//! into what callers branch on.
+//!
+//! A leaf: nothing here knows outbox entries, placements or indexes (those are
+//! [`crate::outbox`]'s); the outbox calls in, never the other way round.
 
 use std::time::Duration;
 
@@ -10,10 +13,7 @@ use mongodb::{Client, Database};
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
-use serde::Serialize;
-
-use crate::config::{MongoSettings, PlacementSetting};
-use crate::outbox::store;
+use crate::config::MongoSettings;
 
 /// Server selection timeout used when the connection string does not set one. The driver's
 /// default (30 s) would hold an HTTP request far longer than a client waits.
@@ -189,39 +189,15 @@ pub fn retry_after_ms(message: &str) -> Option<Duration> {
     digits.parse().ok().map(Duration::from_millis)
 }
 
-/// Where outbox entries (and idempotency records) live, once decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Placement {
-    /// In `OUTBOX_COLLECTION`.
-    Separate,
-    /// In the documents' collection, beside the documents.
-    Colocated,
-}
-
-/// The database, ready for use: collections and indexes exist, placement is decided.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    /// The database.
-    pub database: Database,
-    /// Where entries live.
-    pub placement: Placement,
-    /// Name of the collection holding entries and idempotency records.
-    pub entries_collection: String,
-    /// Whether TTL indexes remove expired data, or the relay must.
-    pub expiry: store::Expiry,
-}
-
 /// The database, connected on first use.
 ///
 /// Creating the client resolves the connection string (DNS for `mongodb+srv://`), so it
 /// happens on first use rather than at start-up: the handler must answer the host's readiness
-/// probe before any slow work. Collections, indexes and the placement are settled once, on the
-/// first successful [`Db::ready`].
+/// probe before any slow work. Collections, indexes and the placement are settled by
+/// [`crate::outbox::Storage`], which wraps this handle.
 pub struct Db {
     settings: MongoSettings,
     client: OnceCell<Client>,
-    prepared: OnceCell<(Placement, store::Expiry)>,
 }
 
 impl std::fmt::Debug for Db {
@@ -229,7 +205,6 @@ impl std::fmt::Debug for Db {
         f.debug_struct("Db")
             .field("database", &self.settings.database)
             .field("connected", &self.client.initialized())
-            .field("placement", &self.prepared.get())
             .finish_non_exhaustive()
     }
 }
@@ -241,7 +216,6 @@ impl Db {
         Self {
             settings,
             client: OnceCell::new(),
-            prepared: OnceCell::new(),
         }
     }
 
@@ -277,171 +251,21 @@ impl Db {
             .await
     }
 
-    /// The database, with collections and indexes in place and the placement decided.
+    /// The database named by the settings, on the client created on first call.
     ///
     /// # Errors
-    /// When the database cannot be reached or the set-up fails; a later call tries again.
-    pub async fn ready(&self) -> Result<Ready, DbError> {
-        let client = self.client().await?;
-        let db = client.database(&self.settings.database);
-        let (placement, expiry) = *self
-            .prepared
-            .get_or_try_init(|| async {
-                let placement = resolve_placement(client, &db, &self.settings).await?;
-                let expiry = ensure_indexes(&db, &self.settings, placement).await?;
-                Ok::<_, DbError>((placement, expiry))
-            })
-            .await?;
-        let entries_collection = match placement {
-            Placement::Separate => self.settings.outbox_collection.clone(),
-            Placement::Colocated => self.settings.collection.clone(),
-        };
-        Ok(Ready {
-            database: db,
-            placement,
-            entries_collection,
-            expiry,
-        })
+    /// As [`Db::client`].
+    pub async fn database(&self) -> Result<Database, DbError> {
+        Ok(self.client().await?.database(&self.settings.database))
     }
 }
 
-/// Decides the placement: as configured, or for `auto` by looking at the server.
-///
-/// `auto` chooses `colocated` for a Cosmos DB for MongoDB RU host
-/// (`*.mongo.cosmos.azure.com`), and otherwise runs a two-collection transaction that it always
-/// aborts: a server that refuses it (Cosmos DB RU behind another name, or anything else that
-/// allows transactions in one collection only) gets `colocated`, one that accepts it gets
-/// `separate`.
-async fn resolve_placement(
-    client: &Client,
-    db: &Database,
-    settings: &MongoSettings,
-) -> Result<Placement, DbError> {
-    match settings.placement {
-        PlacementSetting::Separate => return Ok(Placement::Separate),
-        PlacementSetting::Colocated => return Ok(Placement::Colocated),
-        PlacementSetting::Auto => {}
-    }
-    if is_cosmos_ru_host(settings) {
-        tracing::info!(
-            placement = "colocated",
-            "OUTBOX_PLACEMENT=auto chose colocated: the host is a Cosmos DB for MongoDB RU account, which allows transactions inside one collection only"
-        );
-        return Ok(Placement::Colocated);
-    }
-    for name in [&settings.collection, &settings.outbox_collection] {
-        create_collection(db, name).await?;
-    }
-    let probe_id = doc! { "outbox_relay_placement_probe": uuid::Uuid::new_v4().to_string() };
-    let mut session = client.start_session().await?;
-    session.start_transaction().await?;
-    let outcome = async {
-        db.collection::<mongodb::bson::Document>(&settings.collection)
-            .insert_one(doc! { "_id": probe_id.clone() })
-            .session(&mut session)
-            .await?;
-        db.collection::<mongodb::bson::Document>(&settings.outbox_collection)
-            .insert_one(doc! { "_id": probe_id.clone() })
-            .session(&mut session)
-            .await
-    }
-    .await;
-    // Never commit the probe.
-    let _ = session.abort_transaction().await;
-    match outcome {
-        Ok(_) => {
-            tracing::info!(
-                placement = "separate",
-                "OUTBOX_PLACEMENT=auto chose separate: the server allows a transaction across the documents' and the outbox collections"
-            );
-            Ok(Placement::Separate)
-        }
-        // A document validator on either collection refused the probe document: that says
-        // nothing about transactions.
-        Err(e) if error_code(&e) == Some(121) => {
-            tracing::warn!(
-                placement = "separate",
-                "OUTBOX_PLACEMENT=auto could not probe transactions (a document validator refused the probe); chose separate — set OUTBOX_PLACEMENT explicitly"
-            );
-            Ok(Placement::Separate)
-        }
-        Err(e) => {
-            // Cosmos DB RU refuses the second collection with "Transaction isn't active": that
-            // is the answer, not a transient failure.
-            let refused = is_transaction_not_active(&e);
-            let e = classify(e);
-            if e.is_retryable() && !refused {
-                return Err(e);
-            }
-            tracing::info!(
-                placement = "colocated",
-                error = %crate::telemetry::chain(&e),
-                "OUTBOX_PLACEMENT=auto chose colocated: the server refused a transaction across two collections"
-            );
-            Ok(Placement::Colocated)
-        }
-    }
-}
-
-fn is_cosmos_ru_host(settings: &MongoSettings) -> bool {
-    let Ok(cs) = mongodb::options::ConnectionString::parse(settings.uri.expose_secret()) else {
-        return false;
-    };
-    let hosts: Vec<String> = match cs.host_info {
-        mongodb::options::HostInfo::HostIdentifiers(hosts) => {
-            hosts.iter().map(ToString::to_string).collect()
-        }
-        mongodb::options::HostInfo::DnsRecord(name) => vec![name],
-        _ => Vec::new(),
-    };
-    hosts.iter().any(|h| {
-        let host = h.split(':').next().unwrap_or_default().to_ascii_lowercase();
-        host.ends_with(".mongo.cosmos.azure.com")
-    })
-}
-
-/// Creates the collections and indexes for `placement`, idempotently, and says whether TTL
-/// indexes will remove expired data. Safe to run at every start and from several instances at
-/// once.
+/// Creates the collection `name` unless it exists (another instance, or an earlier start, may
+/// have made it).
 ///
 /// # Errors
-/// When the database cannot be reached or refuses to create a collection or index.
-#[tracing::instrument(skip_all, fields(database = %db.name()))]
-pub async fn ensure_indexes(
-    db: &Database,
-    settings: &MongoSettings,
-    placement: Placement,
-) -> Result<store::Expiry, DbError> {
-    // Collections must exist before the first transaction: Cosmos DB cannot create them inside
-    // one, and unique indexes can only be built while a collection is empty.
-    create_collection(db, &settings.collection).await?;
-    let entries = match placement {
-        Placement::Separate => {
-            create_collection(db, &settings.outbox_collection).await?;
-            &settings.outbox_collection
-        }
-        Placement::Colocated => &settings.collection,
-    };
-    let expiry = store::ensure_indexes(
-        db,
-        entries,
-        settings.retention,
-        placement == Placement::Colocated,
-        settings.ordered_by_subject,
-    )
-    .await?;
-    tracing::info!(
-        collection = %settings.collection,
-        entries_collection = %entries,
-        placement = ?placement,
-        published_by_ttl = expiry.published_by_ttl,
-        records_by_ttl = expiry.records_by_ttl,
-        "Collections and indexes are in place"
-    );
-    Ok(expiry)
-}
-
-async fn create_collection(db: &Database, name: &str) -> Result<(), DbError> {
+/// When the database cannot be reached or refuses.
+pub async fn create_collection(db: &Database, name: &str) -> Result<(), DbError> {
     match db.create_collection(name).await {
         Ok(()) => Ok(()),
         // NamespaceExists: another instance (or an earlier start) made it.

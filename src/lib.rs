@@ -6,8 +6,9 @@
 //! - [`config`] — settings from the environment (the only reader of it).
 //! - [`telemetry`] — logging set-up.
 //! - [`domain`] — validated documents, event ids, the event itself. No I/O.
-//! - [`db`] — the MongoDB client, collections and indexes, driver-error classification.
-//! - [`outbox`] — outbox entries; [`outbox::store`] holds every query on them.
+//! - [`db`] — the MongoDB client and driver-error classification; a leaf.
+//! - [`outbox`] — storage of documents' changes with their outbox entries: the placement
+//!   (chosen once), the write side ([`outbox::write`]), the relay side ([`outbox::store`]).
 //! - [`documents`] — use case: a document and its outbox entry, atomically.
 //! - [`publisher`] — Event Grid requests: batching, auth, response classification, backoff.
 //! - [`relay`] — use case: drain due entries to Event Grid, at least once.

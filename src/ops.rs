@@ -5,10 +5,10 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::config::MongoSettings;
-use crate::db::{Db, DbError, Placement};
+use crate::db::{Db, DbError};
 use crate::domain::EventId;
-use crate::outbox::OutboxCounts;
-use crate::outbox::store::{DeadLetter, Expiry, OutboxStore};
+use crate::outbox::store::{DeadLetter, Expiry};
+use crate::outbox::{OutboxCounts, Placement, Ready, Storage};
 
 /// Dead letters listed by `status`.
 const DEAD_LETTERS_SHOWN: i64 = 20;
@@ -29,13 +29,8 @@ pub struct Status {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-async fn store(settings: MongoSettings) -> Result<(OutboxStore, crate::db::Ready), DbError> {
-    let db = Db::new(settings);
-    let ready = db.ready().await?;
-    Ok((
-        OutboxStore::new(&ready.database, &ready.entries_collection),
-        ready,
-    ))
+async fn storage_ready(settings: MongoSettings) -> Result<Ready, DbError> {
+    Storage::new(Db::new(settings)).ready().await
 }
 
 /// Counts entries by state and lists the oldest dead letters.
@@ -43,9 +38,9 @@ async fn store(settings: MongoSettings) -> Result<(OutboxStore, crate::db::Ready
 /// # Errors
 /// When the database cannot be reached.
 pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
-    let (store, ready) = store(settings).await?;
-    let counts = store.counts(Utc::now()).await?;
-    let dead_letters = store.dead_letters(DEAD_LETTERS_SHOWN).await?;
+    let ready = storage_ready(settings).await?;
+    let counts = ready.store.counts(Utc::now()).await?;
+    let dead_letters = ready.store.dead_letters(DEAD_LETTERS_SHOWN).await?;
     Ok(Status {
         placement: ready.placement,
         entries_collection: ready.entries_collection,
@@ -60,8 +55,8 @@ pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
 /// # Errors
 /// When the database cannot be reached.
 pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result<u64, DbError> {
-    let (store, _) = store(settings).await?;
-    store.requeue_dead(ids, Utc::now()).await
+    let ready = storage_ready(settings).await?;
+    ready.store.requeue_dead(ids, Utc::now()).await
 }
 
 /// Marks dead letters as skipped (never published; no longer holding back their subject
@@ -70,8 +65,8 @@ pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result
 /// # Errors
 /// When the database cannot be reached.
 pub async fn skip(settings: MongoSettings, ids: &[EventId]) -> Result<u64, DbError> {
-    let (store, _) = store(settings).await?;
-    store.skip_dead(ids, Utc::now()).await
+    let ready = storage_ready(settings).await?;
+    ready.store.skip_dead(ids, Utc::now()).await
 }
 
 /// The status as text for a terminal.

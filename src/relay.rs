@@ -35,8 +35,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelaySettings;
-use crate::db::{Db, DbError};
+use crate::db::DbError;
 use crate::domain::{EventId, MAX_EVENT_BYTES};
+use crate::outbox::Storage;
 use crate::outbox::store::{Claim, ClaimToken, Expiry, OutboxStore};
 use crate::outbox::{ClaimedEntry, LastError};
 use crate::publisher::backoff::{persisted_delay, quick_retry_delay};
@@ -192,7 +193,7 @@ enum Expired {
 /// Drains the outbox. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    db: Arc<Db>,
+    db: Arc<Storage>,
     publisher: Publisher,
     settings: RelaySettings,
 }
@@ -217,7 +218,7 @@ struct InFlight {
 impl Relay {
     /// A relay over `db`, publishing with `publisher`.
     #[must_use]
-    pub fn new(db: Arc<Db>, publisher: Publisher, settings: RelaySettings) -> Self {
+    pub fn new(db: Arc<Storage>, publisher: Publisher, settings: RelaySettings) -> Self {
         Self {
             db,
             publisher,
@@ -245,7 +246,7 @@ impl Relay {
                 return report;
             }
         };
-        let store = OutboxStore::new(&db.database, &db.entries_collection);
+        let store = db.store.clone();
         let stop = shutdown.child_token();
         let mut in_flight: JoinSet<BatchReport> = JoinSet::new();
         let concurrency = self.settings.publish_concurrency.get();

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use mongodb::bson::{Document, doc};
 use outbox_relay::config::{Env, MongoSettings};
-use outbox_relay::db::Placement;
 use outbox_relay::domain::change::{Revision, change_data};
 use outbox_relay::domain::{DocumentId, EventId, EventTypes, Operation, OutboxEvent};
+use outbox_relay::outbox::Placement;
 use outbox_relay::outbox::store;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -54,7 +54,7 @@ pub(crate) async fn seed(
     let settings = MongoSettings::from_env(&Env::from_map(env.clone().into_iter().collect()))
         .context("the drain's MongoDB settings")?;
     let db = client.database(&settings.database);
-    outbox_relay::db::ensure_indexes(&db, &settings, Placement::Separate)
+    outbox_relay::outbox::storage::ensure_indexes(&db, &settings, Placement::Separate)
         .await
         .context("cannot create the collections and indexes")?;
     let entries = db.collection::<Document>(&settings.outbox_collection);

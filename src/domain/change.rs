@@ -13,8 +13,9 @@ use serde_json::value::RawValue;
 
 use super::DocumentId;
 
-/// Reserved top-level field holding a document's metadata.
-pub const META_FIELD: &str = "_meta";
+/// Reserved top-level field holding a document's metadata (named with the other reserved
+/// fields, in [`crate::domain::document::RESERVED_FIELDS`]).
+pub use super::document::META_FIELD;
 
 /// What happened to the document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

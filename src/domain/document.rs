@@ -14,9 +14,18 @@ pub const MAX_DEPTH: usize = 64;
 /// Longest accepted document id, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
 
-/// Top-level fields documents must not use: `_outbox` marks outbox entries, `_meta` holds a
-/// document's version (see [`crate::domain::change`]).
-pub const RESERVED_FIELDS: [&str; 2] = ["_outbox", super::change::META_FIELD];
+/// Top-level field that marks an outbox entry, and holds its state (the outbox's `ROOT`).
+pub const OUTBOX_FIELD: &str = "_outbox";
+/// Top-level field that marks an idempotency record, and holds it (the idempotency
+/// records' `ROOT`).
+pub const IDEMPOTENCY_FIELD: &str = "_idempotency";
+/// Top-level field holding a stored document's version (see [`crate::domain::change`]).
+pub const META_FIELD: &str = "_meta";
+
+/// Top-level fields documents must not use, the one list of them. Entries and idempotency
+/// records can share the documents' collection (the `colocated` placement), where these roots
+/// are what tells them apart from documents; `_meta` is written on every document.
+pub const RESERVED_FIELDS: [&str; 3] = [OUTBOX_FIELD, META_FIELD, IDEMPOTENCY_FIELD];
 
 /// Why a request body is not an acceptable document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -565,6 +574,7 @@ mod tests {
             (r#"{"a":[{"ok":1},{"x.y":2}]}"#, "$.a[1].x.y"),
             (r#"{"_outbox":{}}"#, "$._outbox"),
             (r#"{"_meta":{"version":9}}"#, "$._meta"),
+            (r#"{"_idempotency":{}}"#, "$._idempotency"),
         ] {
             match parse(body) {
                 Err(InputError::InvalidKey { path: got, .. }) => assert_eq!(got, path, "{body}"),

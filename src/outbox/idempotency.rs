@@ -16,8 +16,9 @@ use mongodb::{ClientSession, Collection};
 use crate::db::DbError;
 use crate::domain::{InputError, Operation};
 
-/// The field holding a record's content; also what tells a record from a document.
-pub const ROOT: &str = "_idempotency";
+/// The field holding a record's content; also what tells a record from a document (which is
+/// why documents may not use it).
+pub const ROOT: &str = crate::domain::document::IDEMPOTENCY_FIELD;
 /// When the record expires (the TTL index counts from here with no delay).
 pub const EXPIRES_AT: &str = "_idempotency.expires_at";
 /// Name of the TTL index.
@@ -111,6 +112,14 @@ fn bson_time(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(t.timestamp_millis())
 }
 
+/// When a record written at `now` expires: `ttl` later, or never for a `ttl` too long to add.
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The record to insert with a write.
 #[must_use]
 pub fn new_record(
@@ -122,7 +131,7 @@ pub fn new_record(
     ttl: Duration,
     shard_key: Option<(&str, &Bson)>,
 ) -> Document {
-    let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let expires = expiry(now, ttl);
     let mut record = doc! {
         "_id": record_id(collection, key),
         ROOT: {
@@ -212,6 +221,20 @@ mod tests {
         }
         assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
         assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn a_ttl_too_long_to_add_never_expires_instead_of_overflowing() {
+        let now = Utc::now();
+        assert_eq!(
+            expiry(now, Duration::from_secs(3600)),
+            now + chrono::Duration::hours(1)
+        );
+        assert_eq!(expiry(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            expiry(now, Duration::from_secs(1_000_000_000_000_000)),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 
     #[test]

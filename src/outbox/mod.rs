@@ -2,10 +2,11 @@
 //!
 //! An entry is written in the same transaction as its document and holds the complete event.
 //! Its life: `pending` (due at `due_at`; claimed by a relay while its lease runs) →
-//! `published` (after Event Grid's 200; removed by the TTL index after the retention period)
-//! or `dead` (rejected by Event Grid, or out of attempts; kept until an operator acts).
+//! `published` (after Event Grid's 200; removed after the retention period) or `dead`
+//! (rejected by Event Grid, or out of attempts; kept until an operator acts). An operator
+//! makes a dead entry `pending` again (requeue) or `skipped` (never published, kept).
 //!
-//! Every entry has the same shape, so the documents' own collection could hold entries too:
+//! Every entry has the same shape, so the documents' own collection can hold entries too:
 //!
 //! ```text
 //! { _id: UUID (the event id; binary, so it never collides with a document's string _id),
@@ -13,9 +14,25 @@
 //!              dead_at, last_error, history: [..10 last errors], document: { collection, id },
 //!              event: { subject, type, time, data_version, data (JSON text) } } }
 //! ```
+//!
+//! Where to look:
+//! - [`storage`] — [`Storage`]: the database, prepared once for its placement; hands out the
+//!   write side and the relay side.
+//! - [`placement`] — [`Placement`], `OUTBOX_PLACEMENT=auto`'s probe, and one storage
+//!   implementation per placement (the only code that knows where entries live).
+//! - [`write`](mod@write) — the write side's interface: a document change with its entry and
+//!   idempotency record, atomically.
+//! - [`store`] — the relay side: claim, record, requeue, skip, purge, counts, indexes.
+//! - [`idempotency`] — records of answers under an `Idempotency-Key`.
 
 pub mod idempotency;
+pub mod placement;
+pub mod storage;
 pub mod store;
+pub mod write;
+
+pub use placement::Placement;
+pub use storage::{Ready, Storage};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -62,7 +79,8 @@ pub struct ClaimedEntry {
 /// Why an entry's last publish failed; stored on the entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastError {
-    /// `transport`, `unknown_outcome`, `status`, `too_large`, `max_attempts`, …
+    /// The publisher's `connect`, `unknown_outcome`, `status`, `auth`; the relay's `too_large`,
+    /// `max_attempts`.
     pub kind: String,
     /// HTTP status, when there was one.
     pub status: Option<u16>,
@@ -89,4 +107,35 @@ pub struct OutboxCounts {
     pub skipped: u64,
     /// When the longest-waiting pending entry was written: the lag to alert on.
     pub oldest_pending_created_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{idempotency, store};
+    use crate::domain::document::{IDEMPOTENCY_FIELD, OUTBOX_FIELD, RESERVED_FIELDS};
+
+    #[test]
+    fn entries_and_records_live_under_reserved_roots() {
+        assert_eq!(store::ROOT, OUTBOX_FIELD);
+        assert_eq!(idempotency::ROOT, IDEMPOTENCY_FIELD);
+        for root in [store::ROOT, idempotency::ROOT] {
+            assert!(RESERVED_FIELDS.contains(&root), "{root}");
+        }
+        for path in [
+            store::field::STATUS,
+            store::field::DUE_AT,
+            store::field::LEASE_TOKEN,
+            store::field::ATTEMPTS,
+            store::field::CLAIMS,
+            store::field::CREATED_AT,
+            store::field::PUBLISHED_AT,
+            store::field::DEAD_AT,
+            store::field::LAST_ERROR,
+            store::field::HISTORY,
+            store::field::SUBJECT,
+        ] {
+            assert!(path.starts_with(&format!("{}.", store::ROOT)), "{path}");
+        }
+        assert!(idempotency::EXPIRES_AT.starts_with(&format!("{}.", idempotency::ROOT)));
+    }
 }

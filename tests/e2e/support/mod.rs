@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use outbox_relay::config::{Env, Settings};
 use outbox_relay::db::Db;
+use outbox_relay::outbox::Storage;
 use outbox_relay::publisher::Publisher;
 use outbox_relay::relay::Relay;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +63,7 @@ pub fn app_settings(
 
 /// An in-process relay over the test database.
 pub fn relay(settings: &Settings) -> Relay {
-    let db = Arc::new(Db::new(settings.mongodb.clone()));
+    let db = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
     let publisher = Publisher::new(&settings.eventgrid).expect("publisher");
     Relay::new(db, publisher, settings.relay.clone())
 }
@@ -80,7 +81,7 @@ pub async fn write_documents(
     n: usize,
     body: impl Fn(usize) -> String,
 ) -> Vec<String> {
-    let db = Arc::new(Db::new(settings.mongodb.clone()));
+    let db = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
     let service = outbox_relay::documents::DocumentService::new(db, settings.event_types.clone());
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Collection, Database};
 use outbox_relay::config::{Env, MongoSettings, PlacementSetting};
-use outbox_relay::db::Placement;
+use outbox_relay::outbox::Placement;
 
 /// Where `make test` tells us the replica set is.
 pub const URI_VAR: &str = "OUTBOX_TEST_MONGODB_URI";
@@ -64,9 +64,13 @@ impl TestDb {
             PlacementSetting::Separate | PlacementSetting::Auto => Placement::Separate,
         };
         let client = Client::with_uri_str(uri).await.expect("client");
-        outbox_relay::db::ensure_indexes(&client.database(&name), &settings, placement)
-            .await
-            .expect("ensure_indexes on the test database");
+        outbox_relay::outbox::storage::ensure_indexes(
+            &client.database(&name),
+            &settings,
+            placement,
+        )
+        .await
+        .expect("ensure_indexes on the test database");
         Self {
             name,
             uri: uri.to_owned(),
