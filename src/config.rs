@@ -27,11 +27,11 @@
 //! | `OUTBOX_SCHEDULE` | `schedule` of `OutboxTimer/function.json` | NCRONTAB of the standalone drain |
 //! | `OUTBOX_BATCH_SIZE` | `1000` | entries claimed at a time (1–5,000) |
 //! | `OUTBOX_PUBLISH_CONCURRENCY` | `4` | claimed batches published at once by one run |
-//! | `OUTBOX_LEASE_SECS` | `60` | how long a claim lasts |
+//! | `OUTBOX_LEASE_SECS` | `60` | how long a claim lasts (at most a day) |
 //! | `OUTBOX_MAX_ATTEMPTS` | `10` | failed publishes before an entry is dead-lettered |
-//! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`) |
-//! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay |
-//! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay |
+//! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`; at most a day) |
+//! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay (at most a day) |
+//! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay (at most a week) |
 //! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes) |
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
 //! | `EVENTGRID_TOPIC_KEY` | — | topic access key (secret), sent as `aeg-sas-key`; without it, Entra ID |
@@ -39,7 +39,7 @@
 //! | `EVENTGRID_CLIENT_ID` | — | client id of a user-assigned managed identity |
 //! | `EVENTGRID_SCHEMA` | `eventgrid` | the topic's input schema: `eventgrid` or `cloudevents` |
 //! | `EVENTGRID_SOURCE` | `/outbox-relay` | CloudEvents `source` prefix (`<prefix>/<collection>`) |
-//! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request |
+//! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request (at most 10 minutes) |
 //! | `EVENTGRID_PUBLISH_RETRIES` | `3` | quick retries of a failed request inside one run (0–3) |
 //! | `RUST_LOG` | `info` | log filter |
 
@@ -143,6 +143,78 @@ impl Env {
     fn secs_or(&self, name: &'static str, default_secs: u64) -> Result<Duration, ConfigError> {
         let secs: u64 = self.parse_or(name, default_secs, "a whole number of seconds")?;
         positive(name, Duration::from_secs(secs))
+    }
+
+    /// [`Self::millis_or`], at most `max`.
+    fn millis_within(
+        &self,
+        name: &'static str,
+        default_ms: u64,
+        max: Limit,
+    ) -> Result<Duration, ConfigError> {
+        max.check(name, self.millis_or(name, default_ms)?)
+    }
+
+    /// [`Self::secs_or`], at most `max`.
+    fn secs_within(
+        &self,
+        name: &'static str,
+        default_secs: u64,
+        max: Limit,
+    ) -> Result<Duration, ConfigError> {
+        max.check(name, self.secs_or(name, default_secs)?)
+    }
+}
+
+/// The longest value a duration setting may have, so that no deadline or retry time computed
+/// from it can overflow, and a typo (an extra zero or three) stops start-up instead of
+/// hiding entries for years.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max: Duration,
+    /// The maximum as the setting's unit says it, and in words.
+    said: &'static str,
+}
+
+const DAY_SECS: u64 = 24 * 3600;
+/// `OUTBOX_LEASE_SECS`: a claim longer than a day would hide its entries from every relay for
+/// that long if this one died.
+const MAX_LEASE: Limit = Limit {
+    max: Duration::from_secs(DAY_SECS),
+    said: "86400 seconds (a day)",
+};
+/// `OUTBOX_TIME_BUDGET_SECS`.
+const MAX_TIME_BUDGET: Limit = Limit {
+    max: Duration::from_secs(DAY_SECS),
+    said: "86400 seconds (a day)",
+};
+/// `OUTBOX_INITIAL_BACKOFF_MS`.
+const MAX_INITIAL_BACKOFF: Limit = Limit {
+    max: Duration::from_secs(DAY_SECS),
+    said: "86400000 milliseconds (a day)",
+};
+/// `OUTBOX_MAX_BACKOFF_SECS`.
+const MAX_BACKOFF: Limit = Limit {
+    max: Duration::from_secs(7 * DAY_SECS),
+    said: "604800 seconds (a week)",
+};
+/// `EVENTGRID_PUBLISH_TIMEOUT_MS`: the longest a Functions invocation may run on the
+/// Consumption plan; a request still unanswered after that will not be.
+const MAX_PUBLISH_TIMEOUT: Limit = Limit {
+    max: Duration::from_secs(600),
+    said: "600000 milliseconds (10 minutes)",
+};
+
+impl Limit {
+    fn check(self, name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+        if d > self.max {
+            Err(ConfigError::new(
+                name,
+                format!("must be at most {}", self.said),
+            ))
+        } else {
+            Ok(d)
+        }
     }
 }
 
@@ -380,7 +452,7 @@ impl EventGridSettings {
     ///
     /// # Errors
     /// A missing endpoint, a URL that is not https (plain http is accepted only for loopback
-    /// hosts), a bad timeout, schema or credential name.
+    /// hosts), a bad timeout (or one over 10 minutes), schema or credential name.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw = env.required("EVENTGRID_TOPIC_ENDPOINT")?;
         let endpoint = parse_endpoint(&raw)?;
@@ -449,7 +521,11 @@ impl EventGridSettings {
             auth,
             schema,
             source: source.trim_end_matches('/').to_owned(),
-            publish_timeout: env.millis_or("EVENTGRID_PUBLISH_TIMEOUT_MS", 30_000)?,
+            publish_timeout: env.millis_within(
+                "EVENTGRID_PUBLISH_TIMEOUT_MS",
+                30_000,
+                MAX_PUBLISH_TIMEOUT,
+            )?,
             publish_retries,
         })
     }
@@ -526,8 +602,9 @@ impl RelaySettings {
     /// claim outlives the request that publishes it.
     ///
     /// # Errors
-    /// A bad number, a batch over 5,000, a lease too short for a publish, backoff bounds the
-    /// wrong way round.
+    /// A bad number, a batch over 5,000, a duration over its limit (lease and budget a day,
+    /// initial backoff a day, maximum backoff a week), a lease too short for a publish, backoff
+    /// bounds the wrong way round.
     pub fn from_env(env: &Env, publish_timeout: Duration) -> Result<Self, ConfigError> {
         let batch_size: NonZeroU32 = env.parse_or(
             "OUTBOX_BATCH_SIZE",
@@ -553,7 +630,7 @@ impl RelaySettings {
                 "must be at most 64",
             ));
         }
-        let lease = env.secs_or("OUTBOX_LEASE_SECS", 60)?;
+        let lease = env.secs_within("OUTBOX_LEASE_SECS", 60, MAX_LEASE)?;
         if lease < publish_timeout * 2 {
             return Err(ConfigError::new(
                 "OUTBOX_LEASE_SECS",
@@ -564,9 +641,10 @@ impl RelaySettings {
             ));
         }
         let max_attempts = env.parse_or("OUTBOX_MAX_ATTEMPTS", nz(10), "a whole number from 1")?;
-        let time_budget = env.secs_or("OUTBOX_TIME_BUDGET_SECS", 120)?;
-        let initial_backoff = env.millis_or("OUTBOX_INITIAL_BACKOFF_MS", 1000)?;
-        let max_backoff = env.secs_or("OUTBOX_MAX_BACKOFF_SECS", 300)?;
+        let time_budget = env.secs_within("OUTBOX_TIME_BUDGET_SECS", 120, MAX_TIME_BUDGET)?;
+        let initial_backoff =
+            env.millis_within("OUTBOX_INITIAL_BACKOFF_MS", 1000, MAX_INITIAL_BACKOFF)?;
+        let max_backoff = env.secs_within("OUTBOX_MAX_BACKOFF_SECS", 300, MAX_BACKOFF)?;
         if initial_backoff > max_backoff {
             return Err(ConfigError::new(
                 "OUTBOX_INITIAL_BACKOFF_MS",
@@ -739,7 +817,7 @@ mod tests {
         ("EVENTGRID_TOPIC_KEY", "k3y"),
     ];
 
-    fn with(extra: &[(&'static str, &'static str)]) -> Env {
+    fn with(extra: &[(&str, &str)]) -> Env {
         let mut v: Vec<(&str, &str)> = BASE.to_vec();
         v.extend_from_slice(extra);
         env(&v)
@@ -875,6 +953,43 @@ mod tests {
             ("OUTBOX_LEASE_SECS", "60"),
         ]);
         assert_eq!(e.setting, "OUTBOX_LEASE_SECS");
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        // (setting, the largest accepted value, the smallest refused one, what else the
+        // largest needs to pass the other checks)
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: &[(&str, &str, &str, Pairs)] = &[
+            ("OUTBOX_LEASE_SECS", "86400", "86401", &[]),
+            ("OUTBOX_TIME_BUDGET_SECS", "86400", "86401", &[]),
+            (
+                "OUTBOX_INITIAL_BACKOFF_MS",
+                "86400000",
+                "86400001",
+                &[("OUTBOX_MAX_BACKOFF_SECS", "86400")],
+            ),
+            ("OUTBOX_MAX_BACKOFF_SECS", "604800", "604801", &[]),
+            (
+                "EVENTGRID_PUBLISH_TIMEOUT_MS",
+                "600000",
+                "600001",
+                &[("OUTBOX_LEASE_SECS", "1200")],
+            ),
+        ];
+        for &(name, max, over, others) in cases {
+            let mut ok: Vec<(&str, &str)> = others.to_vec();
+            ok.push((name, max));
+            let s = Settings::from_env(&with(&ok));
+            assert!(s.is_ok(), "{name}={max}: {:?}", s.err());
+            for bad in [over, "18446744073709551615"] {
+                let mut pairs: Vec<(&str, &str)> = others.to_vec();
+                pairs.push((name, bad));
+                let e = Settings::from_env(&with(&pairs)).unwrap_err();
+                assert_eq!(e.setting, name, "{name}={bad}: {e}");
+                assert!(e.reason.starts_with("must be at most"), "{name}={bad}: {e}");
+            }
+        }
     }
 
     #[test]
