@@ -56,10 +56,8 @@ impl InFlight {
                 self.release(range, &mut report).await;
                 continue;
             }
-            let size = sizes[range.start];
-            if range.len() == 1
-                && (size > MAX_EVENT_BYTES || !batch::fits_alone(size, MAX_REQUEST_BYTES))
-            {
+            if range.len() == 1 && too_large(sizes[range.start]) {
+                let size = sizes[range.start];
                 let error = LastError {
                     kind: FailureKind::TooLarge,
                     status: None,
@@ -337,7 +335,15 @@ impl InFlight {
     }
 }
 
+/// Can an event of `size` bytes never be sent, alone or not?
+fn too_large(size: usize) -> bool {
+    size > MAX_EVENT_BYTES || !batch::fits_alone(size, MAX_REQUEST_BYTES)
+}
+
+/// What became of a request's events.
 enum Sent {
+    /// Published, recorded, or given back.
     Done,
+    /// Rejected as a whole: split it to find the offending events.
     Split,
 }

@@ -202,9 +202,12 @@ impl Relay {
         store: &OutboxStore,
         report: &mut RelayReport,
     ) -> Result<Next, DbError> {
-        let lease = self.settings.lease;
         let mut claim = store
-            .claim(Utc::now(), lease, self.settings.batch_size.get())
+            .claim(
+                Utc::now(),
+                self.settings.lease,
+                self.settings.batch_size.get(),
+            )
             .await?;
         if claim.entries.is_empty() {
             return Ok(if claim.contended > 0 {
