@@ -53,7 +53,9 @@ impl std::fmt::Display for EventId {
     }
 }
 
-/// An event in Event Grid's schema.
+/// The event to publish, whatever the topic's schema: it goes on the wire as Event Grid JSON
+/// ([`Self::write_event_grid_json`]) or as CloudEvents 1.0 JSON
+/// ([`Self::write_cloudevents_json`]).
 #[derive(Debug, Clone)]
 pub struct OutboxEvent {
     /// Stable id; equals the outbox entry's id.

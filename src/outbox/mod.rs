@@ -76,21 +76,11 @@ pub struct ClaimedEntry {
     pub attempts: u32,
 }
 
-/// Why an entry's last publish failed; stored on the entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastError {
-    /// The publisher's `connect`, `unknown_outcome`, `status`, `auth`; the relay's `too_large`,
-    /// `max_attempts`.
-    pub kind: String,
-    /// HTTP status, when there was one.
-    pub status: Option<u16>,
-    /// Event Grid's error code, when it sent one.
-    pub code: Option<String>,
-    /// Human-readable reason (never a secret or a payload).
-    pub message: String,
-    /// Event Grid's `x-ms-request-id`, for support requests.
-    pub request_id: Option<String>,
-}
+/// Why an entry's last publish failed; stored on the entry as
+/// `{ kind, status, code, message, request_id }`. The publisher's own failure type, so what it
+/// reports is stored as it is. Kinds: `connect`, `unknown_outcome`, `status`, `auth` (from the
+/// publisher), `too_large`, `max_attempts` (from the relay).
+pub use crate::publisher::failure::PublishFailure as LastError;
 
 /// Counts of entries by state, from indexed queries (no scans).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -11,7 +11,7 @@ pub const MAX_REQUEST_EVENTS: usize = 5_000;
 /// array (`[`, events joined by `,`, `]`) stays within `max_bytes` and `max_events`.
 ///
 /// An event too large to fit any request on its own gets a range of its own; the caller
-/// dead-letters it (see [`fits_alone`]).
+/// checks such a range with [`fits_alone`] and dead-letters what does not fit.
 #[must_use]
 pub fn pack(sizes: &[usize], max_bytes: usize, max_events: usize) -> Vec<Range<usize>> {
     let mut out = Vec::new();

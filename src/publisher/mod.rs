@@ -1,9 +1,8 @@
 //! Event Grid publishing: one request, and what its response means.
 //!
-//! The wire format of custom topics (Event Grid or CloudEvents schema,
+//! The wire format of custom topics (Event Grid or CloudEvents 1.0 schema,
 //! `api-version=2018-01-01`, `aeg-sas-key` or an Entra ID bearer token) is known only to this
-//! module, so another variant (namespace topics,
-//! CloudEvents) can be added without touching the relay.
+//! module, so another target (namespace topics, say) can be added without touching the relay.
 //!
 //! What a response means is decided by [`classify`] on the status code alone (Event Grid's
 //! messages are for humans); mechanics (sending, timing out) are separate.
@@ -11,14 +10,16 @@
 pub mod auth;
 pub mod backoff;
 pub mod batch;
-
-use std::time::{Duration, SystemTime};
+pub mod failure;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use url::Url;
+
+pub use self::failure::{FailureKind, PublishFailure};
 
 use self::auth::{Auth, AuthError};
 use crate::config::{EventGridSettings, EventSchema};
@@ -29,67 +30,6 @@ pub const API_VERSION: &str = "2018-01-01";
 
 /// Longest error text kept from a response.
 const MAX_MESSAGE_CHARS: usize = 512;
-
-/// What kind of failure a publish was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// Nothing was sent (connection refused, DNS, TLS).
-    Connect,
-    /// Sent, but no readable answer (timeout, reset): Event Grid may have accepted it.
-    UnknownOutcome,
-    /// Event Grid answered with an error status.
-    Status,
-    /// No credential could be presented (no Entra ID token).
-    Auth,
-}
-
-impl FailureKind {
-    /// Stored form.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::UnknownOutcome => "unknown_outcome",
-            Self::Status => "status",
-            Self::Auth => "auth",
-        }
-    }
-}
-
-/// A failed publish, as recorded on the entries and logged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PublishFailure {
-    /// What kind of failure.
-    pub kind: FailureKind,
-    /// The status, when there was a response.
-    pub status: Option<u16>,
-    /// Event Grid's `error.code`.
-    pub code: Option<String>,
-    /// Event Grid's `error.message`, or the transport error.
-    pub message: String,
-    /// `x-ms-request-id`.
-    pub request_id: Option<String>,
-}
-
-impl std::fmt::Display for PublishFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.status {
-            Some(s) => write!(f, "HTTP {s}")?,
-            None => f.write_str(self.kind.as_str())?,
-        }
-        if let Some(code) = &self.code {
-            write!(f, " {code}")?;
-        }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        if let Some(id) = &self.request_id {
-            write!(f, " (x-ms-request-id {id})")?;
-        }
-        Ok(())
-    }
-}
 
 /// What to do after a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,24 +245,9 @@ impl Publisher {
     }
 
     async fn send_once(&self, body: bytes::Bytes, fresh_token: bool) -> Outcome {
-        let (name, value) = match &*self.auth {
-            Auth::Key(key) => ("aeg-sas-key", key.clone()),
-            Auth::Entra(entra) => match entra.header(fresh_token).await {
-                Ok(v) => ("authorization", v),
-                Err(e) => {
-                    // No token: nothing was sent. A configuration (or platform) problem;
-                    // stop the run without spending attempts.
-                    return Outcome::Halt {
-                        failure: PublishFailure {
-                            kind: FailureKind::Auth,
-                            status: None,
-                            code: None,
-                            message: truncate(&e.to_string()),
-                            request_id: None,
-                        },
-                    };
-                }
-            },
+        let (name, value) = match self.auth_header(fresh_token).await {
+            Ok(header) => header,
+            Err(no_token) => return no_token,
         };
         let response = self
             .client
@@ -333,65 +258,91 @@ impl Publisher {
             .body(body)
             .send()
             .await;
-        let response = match response {
-            Ok(r) => r,
+        match response {
+            Ok(r) => outcome(r).await,
             Err(e) => {
                 let kind = if e.is_connect() {
                     FailureKind::Connect
                 } else {
                     FailureKind::UnknownOutcome
                 };
-                return Outcome::Retry {
+                Outcome::Retry {
                     retry_after: None,
-                    failure: PublishFailure {
-                        kind,
-                        status: None,
-                        code: None,
-                        message: truncate(&transport_message(e)),
-                        request_id: None,
-                    },
-                };
+                    failure: unanswered(kind, &transport_message(e)),
+                }
             }
-        };
-        let status = response.status().as_u16();
-        let class = classify(status);
-        let headers = response.headers().clone();
-        let request_id = headers
-            .get("x-ms-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(truncate);
-        let body = response.bytes().await;
-        if class == Class::Published {
-            // The status line is Event Grid's answer; an unreadable (empty) body changes
-            // nothing.
-            return Outcome::Published;
         }
-        let (code, message) = match body
-            .as_deref()
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
-        {
-            Some(ErrorBody { error }) => (
-                error.code.as_deref().map(truncate),
-                error.message.as_deref().map(truncate).unwrap_or_default(),
-            ),
-            None => (None, String::new()),
-        };
-        let failure = PublishFailure {
-            kind: FailureKind::Status,
-            status: Some(status),
-            code,
-            message,
-            request_id,
-        };
-        match class {
-            Class::Retry => Outcome::Retry {
-                retry_after: retry_after(&headers, SystemTime::now()),
-                failure,
+    }
+
+    /// The credential header; without an Entra ID token, the outcome to report instead.
+    async fn auth_header(
+        &self,
+        fresh_token: bool,
+    ) -> Result<(&'static str, reqwest::header::HeaderValue), Outcome> {
+        match &*self.auth {
+            Auth::Key(key) => Ok(("aeg-sas-key", key.clone())),
+            Auth::Entra(entra) => match entra.header(fresh_token).await {
+                Ok(v) => Ok(("authorization", v)),
+                // No token: nothing was sent. A configuration (or platform) problem; stop the
+                // run without spending attempts.
+                Err(e) => Err(Outcome::Halt {
+                    failure: unanswered(FailureKind::Auth, &e.to_string()),
+                }),
             },
-            Class::Rejected => Outcome::Rejected { failure },
-            Class::Halt | Class::Published => Outcome::Halt { failure },
         }
+    }
+}
+
+/// What Event Grid's response means, with the detail of an error response.
+async fn outcome(response: reqwest::Response) -> Outcome {
+    let status = response.status().as_u16();
+    let class = classify(status);
+    let headers = response.headers().clone();
+    let request_id = headers
+        .get("x-ms-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(truncate);
+    let body = response.bytes().await;
+    if class == Class::Published {
+        // The status line is Event Grid's answer; an unreadable (empty) body changes nothing.
+        return Outcome::Published;
+    }
+    let (code, message) = match body
+        .as_deref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
+    {
+        Some(ErrorBody { error }) => (
+            error.code.as_deref().map(truncate),
+            error.message.as_deref().map(truncate).unwrap_or_default(),
+        ),
+        None => (None, String::new()),
+    };
+    let failure = PublishFailure {
+        kind: FailureKind::Status,
+        status: Some(status),
+        code,
+        message,
+        request_id,
+    };
+    match class {
+        Class::Retry => Outcome::Retry {
+            retry_after: retry_after(&headers, SystemTime::now()),
+            failure,
+        },
+        Class::Rejected => Outcome::Rejected { failure },
+        Class::Halt | Class::Published => Outcome::Halt { failure },
+    }
+}
+
+/// A failure without a response from Event Grid.
+fn unanswered(kind: FailureKind, message: &str) -> PublishFailure {
+    PublishFailure {
+        kind,
+        status: None,
+        code: None,
+        message: truncate(message),
+        request_id: None,
     }
 }
 

@@ -462,7 +462,7 @@ async fn a_stale_claim_cannot_overwrite_the_claim_that_replaced_it() {
         0
     );
     let err = outbox_relay::outbox::LastError {
-        kind: "status".into(),
+        kind: outbox_relay::publisher::FailureKind::Status,
         status: Some(503),
         code: None,
         message: "x".into(),

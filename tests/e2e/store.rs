@@ -61,7 +61,7 @@ async fn due_at(db: &TestDb, id: EventId) -> DateTime<Utc> {
 
 fn failure() -> LastError {
     LastError {
-        kind: "status".into(),
+        kind: outbox_relay::publisher::FailureKind::Status,
         status: Some(400),
         code: None,
         message: "rejected".into(),

@@ -121,7 +121,7 @@ struct ErrorRecord<'a> {
 pub(super) fn error_doc(e: &LastError, now: DateTime<Utc>) -> Document {
     bson::to_document(&ErrorRecord {
         at: bson_time(now),
-        kind: &e.kind,
+        kind: e.kind.as_str(),
         status: e.status.map(i32::from),
         code: e.code.as_deref(),
         message: &e.message,
@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn an_error_record_keeps_nulls_for_what_is_missing() {
         let e = LastError {
-            kind: "status".into(),
+            kind: crate::publisher::FailureKind::Status,
             status: Some(400),
             code: None,
             message: "bad".into(),

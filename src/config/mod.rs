@@ -6,6 +6,10 @@
 //! with a [`ConfigError`] that names the setting. The loaders take a lookup function, so tests
 //! pass a map instead of mutating the process environment.
 //!
+//! One file per area: `mongo.rs` (where the data lives), `eventgrid.rs` (the topic),
+//! `relay.rs` (draining); here the reader, the standalone and event type settings, and
+//! [`Settings`], which reads them all.
+//!
 //! | Setting | Default | Meaning |
 //! |---|---|---|
 //! | `FUNCTIONS_CUSTOMHANDLER_PORT` | — (required in functions mode) | port the Functions host told us to listen on |
@@ -27,11 +31,11 @@
 //! | `OUTBOX_SCHEDULE` | `schedule` of `OutboxTimer/function.json` | NCRONTAB of the standalone drain |
 //! | `OUTBOX_BATCH_SIZE` | `1000` | entries claimed at a time (1–5,000) |
 //! | `OUTBOX_PUBLISH_CONCURRENCY` | `4` | claimed batches published at once by one run |
-//! | `OUTBOX_LEASE_SECS` | `60` | how long a claim lasts |
+//! | `OUTBOX_LEASE_SECS` | `60` | how long a claim lasts (at most a day) |
 //! | `OUTBOX_MAX_ATTEMPTS` | `10` | failed publishes before an entry is dead-lettered |
-//! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`) |
-//! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay |
-//! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay |
+//! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`; at most a day) |
+//! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay (at most a day) |
+//! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay (at most a week) |
 //! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes) |
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
 //! | `EVENTGRID_TOPIC_KEY` | — | topic access key (secret), sent as `aeg-sas-key`; without it, Entra ID |
@@ -39,18 +43,23 @@
 //! | `EVENTGRID_CLIENT_ID` | — | client id of a user-assigned managed identity |
 //! | `EVENTGRID_SCHEMA` | `eventgrid` | the topic's input schema: `eventgrid` or `cloudevents` |
 //! | `EVENTGRID_SOURCE` | `/outbox-relay` | CloudEvents `source` prefix (`<prefix>/<collection>`) |
-//! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request |
+//! | `EVENTGRID_PUBLISH_TIMEOUT_MS` | `30000` | timeout of one publish request (at most 10 minutes) |
 //! | `EVENTGRID_PUBLISH_RETRIES` | `3` | quick retries of a failed request inside one run (0–3) |
 //! | `RUST_LOG` | `info` | log filter |
 
+mod eventgrid;
+mod mongo;
+mod relay;
+
 use std::collections::HashMap;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use url::Url;
 
+pub use self::eventgrid::{CredentialKind, EventGridAuth, EventGridSettings, EventSchema};
+pub use self::mongo::{MongoSettings, PlacementSetting};
+pub use self::relay::RelaySettings;
 use crate::domain::EventTypes;
 
 /// The largest batch Event Grid accepts in one request.
@@ -91,7 +100,7 @@ impl Env {
         Self {
             #[expect(
                 clippy::disallowed_methods,
-                reason = "config.rs is the one place that reads the environment"
+                reason = "the config module is the one place that reads the environment"
             )]
             lookup: Box::new(|name| std::env::var(name).ok()),
         }
@@ -144,6 +153,49 @@ impl Env {
         let secs: u64 = self.parse_or(name, default_secs, "a whole number of seconds")?;
         positive(name, Duration::from_secs(secs))
     }
+
+    /// [`Self::millis_or`], at most `max`.
+    fn millis_within(
+        &self,
+        name: &'static str,
+        default_ms: u64,
+        max: Limit,
+    ) -> Result<Duration, ConfigError> {
+        max.check(name, self.millis_or(name, default_ms)?)
+    }
+
+    /// [`Self::secs_or`], at most `max`.
+    fn secs_within(
+        &self,
+        name: &'static str,
+        default_secs: u64,
+        max: Limit,
+    ) -> Result<Duration, ConfigError> {
+        max.check(name, self.secs_or(name, default_secs)?)
+    }
+}
+
+/// The longest value a duration setting may have, so that no deadline or retry time computed
+/// from it can overflow, and a typo (an extra zero or three) stops start-up instead of
+/// hiding entries for years.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max: Duration,
+    /// The maximum as the setting's unit says it, and in words.
+    said: &'static str,
+}
+
+impl Limit {
+    fn check(self, name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+        if d > self.max {
+            Err(ConfigError::new(
+                name,
+                format!("must be at most {}", self.said),
+            ))
+        } else {
+            Ok(d)
+        }
+    }
 }
 
 /// A whole number of hours between 1 and what a MongoDB TTL index can hold
@@ -166,427 +218,6 @@ fn positive(name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
     } else {
         Ok(d)
     }
-}
-
-/// Where outbox entries live, as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlacementSetting {
-    /// In `OUTBOX_COLLECTION`; needs transactions across collections (MongoDB, Cosmos DB vCore).
-    Separate,
-    /// In the documents' own collection, so a transaction touches one collection only (required
-    /// on Cosmos DB for MongoDB RU).
-    Colocated,
-    /// Probe the server at start-up and choose.
-    Auto,
-}
-
-impl std::str::FromStr for PlacementSetting {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.to_ascii_lowercase().as_str() {
-            "separate" => Ok(Self::Separate),
-            "colocated" | "co-located" => Ok(Self::Colocated),
-            "auto" => Ok(Self::Auto),
-            _ => Err(()),
-        }
-    }
-}
-
-/// Where the data lives.
-#[derive(Debug, Clone)]
-pub struct MongoSettings {
-    /// Connection string; secret because it may carry credentials.
-    pub uri: SecretString,
-    /// Database of both collections.
-    pub database: String,
-    /// Collection of the business documents.
-    pub collection: String,
-    /// Collection of the outbox entries.
-    pub outbox_collection: String,
-    /// Budget of one document write, transaction retries included.
-    pub write_timeout: Duration,
-    /// How long published entries are kept before the TTL index (or the relay) removes them.
-    pub retention: Duration,
-    /// Where entries live.
-    pub placement: PlacementSetting,
-    /// Shard key field of a sharded documents collection, copied onto entries so that a
-    /// document and its entry share a partition.
-    pub shard_key: Option<String>,
-    /// How long an `Idempotency-Key` is remembered.
-    pub idempotency_ttl: Duration,
-    /// `OUTBOX_ORDERING=subject`: never publish an entry before an older unpublished entry of
-    /// the same subject (it needs an index on the subject, hence a database setting).
-    pub ordered_by_subject: bool,
-}
-
-impl MongoSettings {
-    /// Reads `MONGODB_*`, `OUTBOX_COLLECTION` and `OUTBOX_RETENTION_HOURS`.
-    ///
-    /// # Errors
-    /// A missing `MONGODB_URI`, a malformed connection string, a bad collection name or a bad
-    /// number.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let uri = env.required("MONGODB_URI")?;
-        // Syntax only: resolving `mongodb+srv://` needs DNS, which happens lazily on first use
-        // so that the handler answers the host's readiness probe at once. The driver's error
-        // text can echo the string (and its password), so it is not passed on.
-        if mongodb::options::ConnectionString::parse(&uri).is_err() {
-            return Err(ConfigError::new(
-                "MONGODB_URI",
-                "is not a valid MongoDB connection string (expected mongodb://… or mongodb+srv://…)",
-            ));
-        }
-        let database = env.string_or("MONGODB_DATABASE", "outbox");
-        check_name(
-            "MONGODB_DATABASE",
-            &database,
-            &['/', '\\', '.', ' ', '"', '$'],
-        )?;
-        let collection = env.string_or("MONGODB_COLLECTION", "documents");
-        check_name("MONGODB_COLLECTION", &collection, &['$'])?;
-        let outbox_collection = env.string_or("OUTBOX_COLLECTION", "outbox");
-        check_name("OUTBOX_COLLECTION", &outbox_collection, &['$'])?;
-        if collection == outbox_collection {
-            return Err(ConfigError::new(
-                "OUTBOX_COLLECTION",
-                "must differ from MONGODB_COLLECTION",
-            ));
-        }
-        let retention = ttl_hours(env, "OUTBOX_RETENTION_HOURS", 168)?;
-        let placement = env.parse_or(
-            "OUTBOX_PLACEMENT",
-            PlacementSetting::Auto,
-            "separate, colocated or auto",
-        )?;
-        let shard_key = env.get("MONGODB_SHARD_KEY");
-        if let Some(key) = &shard_key
-            && (key.starts_with('$')
-                || key.contains('.')
-                || key == "_id"
-                || key.starts_with("_outbox")
-                || key == "_meta"
-                || key.chars().any(char::is_control))
-        {
-            return Err(ConfigError::new(
-                "MONGODB_SHARD_KEY",
-                "must be a top-level field name other than _id (no '$', no '.', not _outbox/_meta)",
-            ));
-        }
-        let idempotency_ttl = ttl_hours(env, "OUTBOX_IDEMPOTENCY_HOURS", 24)?;
-        let ordered_by_subject = match env
-            .string_or("OUTBOX_ORDERING", "none")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "none" => false,
-            "subject" => true,
-            other => {
-                return Err(ConfigError::new(
-                    "OUTBOX_ORDERING",
-                    format!("must be none or subject, got {other:?}"),
-                ));
-            }
-        };
-        Ok(Self {
-            uri: SecretString::from(uri),
-            database,
-            collection,
-            outbox_collection,
-            placement,
-            shard_key,
-            idempotency_ttl,
-            ordered_by_subject,
-            write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
-            retention,
-        })
-    }
-}
-
-fn check_name(setting: &'static str, name: &str, forbidden: &[char]) -> Result<(), ConfigError> {
-    if name.len() > 120 {
-        return Err(ConfigError::new(setting, "must be at most 120 bytes long"));
-    }
-    if name.starts_with("system.") {
-        return Err(ConfigError::new(setting, "must not start with \"system.\""));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| forbidden.contains(c) || *c == '\0' || c.is_control())
-    {
-        return Err(ConfigError::new(
-            setting,
-            format!("must not contain {c:?}, got {name:?}"),
-        ));
-    }
-    Ok(())
-}
-
-/// The input schema of the topic (a property of the topic in Azure).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventSchema {
-    /// Event Grid schema (`application/json`), the default.
-    EventGrid,
-    /// CloudEvents 1.0 (`application/cloudevents-batch+json; charset=utf-8`).
-    CloudEvents,
-}
-
-/// How to authenticate to the topic.
-#[derive(Debug, Clone)]
-pub enum EventGridAuth {
-    /// The topic access key, sent as `aeg-sas-key`.
-    Key(SecretString),
-    /// Microsoft Entra ID: a bearer token for `https://eventgrid.azure.net/.default`.
-    EntraId {
-        /// Which credential gets the token.
-        credential: CredentialKind,
-        /// Client id of a user-assigned managed identity (`EVENTGRID_CLIENT_ID`).
-        client_id: Option<String>,
-    },
-}
-
-/// Where Entra ID tokens come from (`EVENTGRID_CREDENTIAL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialKind {
-    /// The Function App's managed identity (App Service / IMDS endpoint).
-    ManagedIdentity,
-    /// The developer's signed-in Azure CLI / Azure Developer CLI, for local runs.
-    Developer,
-}
-
-/// How to reach the Event Grid topic.
-#[derive(Debug, Clone)]
-pub struct EventGridSettings {
-    /// The whole topic endpoint (`https://…/api/events`), without `api-version`.
-    pub endpoint: Url,
-    /// Key or Entra ID.
-    pub auth: EventGridAuth,
-    /// Event Grid or CloudEvents schema.
-    pub schema: EventSchema,
-    /// CloudEvents `source` prefix; an event's source is `<prefix>/<collection>`.
-    pub source: String,
-    /// Timeout of one publish request.
-    pub publish_timeout: Duration,
-    /// Quick retries of a transiently failed request inside one run, before the failure is
-    /// recorded on the entries.
-    pub publish_retries: u32,
-}
-
-impl EventGridSettings {
-    /// Reads `EVENTGRID_*`.
-    ///
-    /// Without `EVENTGRID_TOPIC_KEY`, Microsoft Entra ID is used; the managed identity
-    /// credential then reads the endpoint the platform provides (`IDENTITY_ENDPOINT` /
-    /// `IDENTITY_HEADER` on App Service, or IMDS) itself.
-    ///
-    /// # Errors
-    /// A missing endpoint, a URL that is not https (plain http is accepted only for loopback
-    /// hosts), a bad timeout, schema or credential name.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let raw = env.required("EVENTGRID_TOPIC_ENDPOINT")?;
-        let endpoint = parse_endpoint(&raw)?;
-        let auth = match env.get("EVENTGRID_TOPIC_KEY") {
-            Some(key) => {
-                if key.chars().any(char::is_control) {
-                    return Err(ConfigError::new(
-                        "EVENTGRID_TOPIC_KEY",
-                        "contains control characters",
-                    ));
-                }
-                EventGridAuth::Key(SecretString::from(key))
-            }
-            None => {
-                let credential = match env
-                    .string_or("EVENTGRID_CREDENTIAL", "managed-identity")
-                    .to_ascii_lowercase()
-                    .as_str()
-                {
-                    "managed-identity" | "managed_identity" => CredentialKind::ManagedIdentity,
-                    "developer" => CredentialKind::Developer,
-                    other => {
-                        return Err(ConfigError::new(
-                            "EVENTGRID_CREDENTIAL",
-                            format!("must be managed-identity or developer, got {other:?}"),
-                        ));
-                    }
-                };
-                EventGridAuth::EntraId {
-                    credential,
-                    client_id: env.get("EVENTGRID_CLIENT_ID"),
-                }
-            }
-        };
-        let schema = match env
-            .string_or("EVENTGRID_SCHEMA", "eventgrid")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "eventgrid" | "event-grid" => EventSchema::EventGrid,
-            "cloudevents" | "cloudevents-1.0" => EventSchema::CloudEvents,
-            other => {
-                return Err(ConfigError::new(
-                    "EVENTGRID_SCHEMA",
-                    format!("must be eventgrid or cloudevents, got {other:?}"),
-                ));
-            }
-        };
-        let publish_retries: u32 =
-            env.parse_or("EVENTGRID_PUBLISH_RETRIES", 3, "a whole number from 0 to 3")?;
-        if publish_retries > 3 {
-            return Err(ConfigError::new(
-                "EVENTGRID_PUBLISH_RETRIES",
-                "must be at most 3 (Event Grid's guidance); persisted backoff handles the rest",
-            ));
-        }
-        let source = env.string_or("EVENTGRID_SOURCE", "/outbox-relay");
-        if source.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(ConfigError::new(
-                "EVENTGRID_SOURCE",
-                "must be a URI reference without spaces",
-            ));
-        }
-        Ok(Self {
-            endpoint,
-            auth,
-            schema,
-            source: source.trim_end_matches('/').to_owned(),
-            publish_timeout: env.millis_or("EVENTGRID_PUBLISH_TIMEOUT_MS", 30_000)?,
-            publish_retries,
-        })
-    }
-}
-
-fn parse_endpoint(raw: &str) -> Result<Url, ConfigError> {
-    const NAME: &str = "EVENTGRID_TOPIC_ENDPOINT";
-    let url =
-        Url::parse(raw).map_err(|e| ConfigError::new(NAME, format!("is not a valid URL ({e})")))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ConfigError::new(
-            NAME,
-            "must not carry credentials; use EVENTGRID_TOPIC_KEY",
-        ));
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => {
-            return Err(ConfigError::new(
-                NAME,
-                "must use https (plain http is allowed only for loopback hosts)",
-            ));
-        }
-        other => {
-            return Err(ConfigError::new(
-                NAME,
-                format!("must be an https URL, got scheme {other:?}"),
-            ));
-        }
-    }
-    if url.fragment().is_some() {
-        return Err(ConfigError::new(NAME, "must not have a #fragment"));
-    }
-    if url.query_pairs().any(|(k, _)| k == "api-version") {
-        return Err(ConfigError::new(
-            NAME,
-            "must not carry api-version; the publisher adds api-version=2018-01-01",
-        ));
-    }
-    Ok(url)
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// How the relay drains the outbox.
-#[derive(Debug, Clone)]
-pub struct RelaySettings {
-    /// Entries claimed at a time (at most [`MAX_BATCH_SIZE`]).
-    pub batch_size: NonZeroU32,
-    /// Claimed batches published at once by one run.
-    pub publish_concurrency: NonZeroUsize,
-    /// How long a claim lasts before other runs may take the entries.
-    pub lease: Duration,
-    /// Failed publishes before an entry is dead-lettered.
-    pub max_attempts: NonZeroU32,
-    /// Time one drain may take.
-    pub time_budget: Duration,
-    /// First persisted retry delay.
-    pub initial_backoff: Duration,
-    /// Longest persisted retry delay.
-    pub max_backoff: Duration,
-}
-
-impl RelaySettings {
-    /// Reads the `OUTBOX_*` settings of the relay; `publish_timeout` is used to check that a
-    /// claim outlives the request that publishes it.
-    ///
-    /// # Errors
-    /// A bad number, a batch over 5,000, a lease too short for a publish, backoff bounds the
-    /// wrong way round.
-    pub fn from_env(env: &Env, publish_timeout: Duration) -> Result<Self, ConfigError> {
-        let batch_size: NonZeroU32 = env.parse_or(
-            "OUTBOX_BATCH_SIZE",
-            nz(1000),
-            "a whole number from 1 to 5000",
-        )?;
-        if batch_size.get() > MAX_BATCH_SIZE {
-            return Err(ConfigError::new(
-                "OUTBOX_BATCH_SIZE",
-                format!(
-                    "must be at most {MAX_BATCH_SIZE} (Event Grid's limit per request), got {batch_size}"
-                ),
-            ));
-        }
-        let publish_concurrency: NonZeroUsize = env.parse_or(
-            "OUTBOX_PUBLISH_CONCURRENCY",
-            NonZeroUsize::MIN.saturating_add(3),
-            "a whole number from 1 to 64",
-        )?;
-        if publish_concurrency.get() > 64 {
-            return Err(ConfigError::new(
-                "OUTBOX_PUBLISH_CONCURRENCY",
-                "must be at most 64",
-            ));
-        }
-        let lease = env.secs_or("OUTBOX_LEASE_SECS", 60)?;
-        if lease < publish_timeout * 2 {
-            return Err(ConfigError::new(
-                "OUTBOX_LEASE_SECS",
-                format!(
-                    "must be at least twice EVENTGRID_PUBLISH_TIMEOUT_MS ({} ms), so that a claim outlives the request that publishes it",
-                    publish_timeout.as_millis()
-                ),
-            ));
-        }
-        let max_attempts = env.parse_or("OUTBOX_MAX_ATTEMPTS", nz(10), "a whole number from 1")?;
-        let time_budget = env.secs_or("OUTBOX_TIME_BUDGET_SECS", 120)?;
-        let initial_backoff = env.millis_or("OUTBOX_INITIAL_BACKOFF_MS", 1000)?;
-        let max_backoff = env.secs_or("OUTBOX_MAX_BACKOFF_SECS", 300)?;
-        if initial_backoff > max_backoff {
-            return Err(ConfigError::new(
-                "OUTBOX_INITIAL_BACKOFF_MS",
-                "must not be longer than OUTBOX_MAX_BACKOFF_SECS",
-            ));
-        }
-        Ok(Self {
-            batch_size,
-            publish_concurrency,
-            lease,
-            max_attempts,
-            time_budget,
-            initial_backoff,
-            max_backoff,
-        })
-    }
-}
-
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 /// Everything the handler needs besides the listening port.
@@ -739,7 +370,7 @@ mod tests {
         ("EVENTGRID_TOPIC_KEY", "k3y"),
     ];
 
-    fn with(extra: &[(&'static str, &'static str)]) -> Env {
+    fn with(extra: &[(&str, &str)]) -> Env {
         let mut v: Vec<(&str, &str)> = BASE.to_vec();
         v.extend_from_slice(extra);
         env(&v)
@@ -878,39 +509,49 @@ mod tests {
     }
 
     #[test]
+    fn durations_have_upper_bounds() {
+        // (setting, the largest accepted value, the smallest refused one, what else the
+        // largest needs to pass the other checks)
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: &[(&str, &str, &str, Pairs)] = &[
+            ("OUTBOX_LEASE_SECS", "86400", "86401", &[]),
+            ("OUTBOX_TIME_BUDGET_SECS", "86400", "86401", &[]),
+            (
+                "OUTBOX_INITIAL_BACKOFF_MS",
+                "86400000",
+                "86400001",
+                &[("OUTBOX_MAX_BACKOFF_SECS", "86400")],
+            ),
+            ("OUTBOX_MAX_BACKOFF_SECS", "604800", "604801", &[]),
+            (
+                "EVENTGRID_PUBLISH_TIMEOUT_MS",
+                "600000",
+                "600001",
+                &[("OUTBOX_LEASE_SECS", "1200")],
+            ),
+        ];
+        for &(name, max, over, others) in cases {
+            let mut ok: Vec<(&str, &str)> = others.to_vec();
+            ok.push((name, max));
+            let s = Settings::from_env(&with(&ok));
+            assert!(s.is_ok(), "{name}={max}: {:?}", s.err());
+            for bad in [over, "18446744073709551615"] {
+                let mut pairs: Vec<(&str, &str)> = others.to_vec();
+                pairs.push((name, bad));
+                let e = Settings::from_env(&with(&pairs)).unwrap_err();
+                assert_eq!(e.setting, name, "{name}={bad}: {e}");
+                assert!(e.reason.starts_with("must be at most"), "{name}={bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn backoff_bounds_must_be_ordered() {
         let e = err(&[
             ("OUTBOX_INITIAL_BACKOFF_MS", "5000"),
             ("OUTBOX_MAX_BACKOFF_SECS", "2"),
         ]);
         assert_eq!(e.setting, "OUTBOX_INITIAL_BACKOFF_MS");
-    }
-
-    #[test]
-    fn plain_http_is_allowed_only_for_loopback() {
-        for ok in [
-            "http://127.0.0.1:7072/api/events",
-            "http://localhost:1/api/events",
-            "http://[::1]:9/api/events",
-        ] {
-            assert!(parse_endpoint(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://topic.westeurope-1.eventgrid.azure.net/api/events",
-            "ftp://127.0.0.1/api/events",
-            "not a url",
-            "https://user:pw@t.eventgrid.azure.net/api/events",
-            "https://t.eventgrid.azure.net/api/events?api-version=2018-01-01",
-        ] {
-            let e = parse_endpoint(bad).unwrap_err();
-            assert_eq!(e.setting, "EVENTGRID_TOPIC_ENDPOINT", "{bad}");
-        }
-    }
-
-    #[test]
-    fn existing_query_parameters_are_kept() {
-        let url = parse_endpoint("https://t.eventgrid.azure.net/api/events?x=1").unwrap();
-        assert_eq!(url.query(), Some("x=1"));
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! Where the data lives: `MONGODB_*`, the outbox's collection, placement, retention,
+//! idempotency and ordering.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::{ConfigError, Env, ttl_hours};
+
+/// Where outbox entries live, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementSetting {
+    /// In `OUTBOX_COLLECTION`; needs transactions across collections (MongoDB, Cosmos DB vCore).
+    Separate,
+    /// In the documents' own collection, so a transaction touches one collection only (required
+    /// on Cosmos DB for MongoDB RU).
+    Colocated,
+    /// Probe the server at start-up and choose.
+    Auto,
+}
+
+impl std::str::FromStr for PlacementSetting {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "separate" => Ok(Self::Separate),
+            "colocated" | "co-located" => Ok(Self::Colocated),
+            "auto" => Ok(Self::Auto),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    /// Connection string; secret because it may carry credentials.
+    pub uri: SecretString,
+    /// Database of both collections.
+    pub database: String,
+    /// Collection of the business documents.
+    pub collection: String,
+    /// Collection of the outbox entries.
+    pub outbox_collection: String,
+    /// Budget of one document write, transaction retries included.
+    pub write_timeout: Duration,
+    /// How long published entries are kept before the TTL index (or the relay) removes them.
+    pub retention: Duration,
+    /// Where entries live.
+    pub placement: PlacementSetting,
+    /// Shard key field of a sharded documents collection, copied onto entries so that a
+    /// document and its entry share a partition.
+    pub shard_key: Option<String>,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
+    /// `OUTBOX_ORDERING=subject`: never publish an entry before an older unpublished entry of
+    /// the same subject (it needs an index on the subject, hence a database setting).
+    pub ordered_by_subject: bool,
+}
+
+impl MongoSettings {
+    /// Reads `MONGODB_*`, `OUTBOX_COLLECTION` and `OUTBOX_RETENTION_HOURS`.
+    ///
+    /// # Errors
+    /// A missing `MONGODB_URI`, a malformed connection string, a bad collection name or a bad
+    /// number.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let uri = env.required("MONGODB_URI")?;
+        // Syntax only: resolving `mongodb+srv://` needs DNS, which happens lazily on first use
+        // so that the handler answers the host's readiness probe at once. The driver's error
+        // text can echo the string (and its password), so it is not passed on.
+        if mongodb::options::ConnectionString::parse(&uri).is_err() {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                "is not a valid MongoDB connection string (expected mongodb://… or mongodb+srv://…)",
+            ));
+        }
+        let database = env.string_or("MONGODB_DATABASE", "outbox");
+        check_name(
+            "MONGODB_DATABASE",
+            &database,
+            &['/', '\\', '.', ' ', '"', '$'],
+        )?;
+        let collection = env.string_or("MONGODB_COLLECTION", "documents");
+        check_name("MONGODB_COLLECTION", &collection, &['$'])?;
+        let outbox_collection = env.string_or("OUTBOX_COLLECTION", "outbox");
+        check_name("OUTBOX_COLLECTION", &outbox_collection, &['$'])?;
+        if collection == outbox_collection {
+            return Err(ConfigError::new(
+                "OUTBOX_COLLECTION",
+                "must differ from MONGODB_COLLECTION",
+            ));
+        }
+        let retention = ttl_hours(env, "OUTBOX_RETENTION_HOURS", 168)?;
+        let placement = env.parse_or(
+            "OUTBOX_PLACEMENT",
+            PlacementSetting::Auto,
+            "separate, colocated or auto",
+        )?;
+        let shard_key = shard_key_from_env(env)?;
+        let idempotency_ttl = ttl_hours(env, "OUTBOX_IDEMPOTENCY_HOURS", 24)?;
+        let ordered_by_subject = ordered_by_subject_from_env(env)?;
+        Ok(Self {
+            uri: SecretString::from(uri),
+            database,
+            collection,
+            outbox_collection,
+            placement,
+            shard_key,
+            idempotency_ttl,
+            ordered_by_subject,
+            write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
+            retention,
+        })
+    }
+}
+
+/// `MONGODB_SHARD_KEY`: a top-level field name the entries can carry.
+fn shard_key_from_env(env: &Env) -> Result<Option<String>, ConfigError> {
+    let shard_key = env.get("MONGODB_SHARD_KEY");
+    if let Some(key) = &shard_key
+        && (key.starts_with('$')
+            || key.contains('.')
+            || key == "_id"
+            || key.starts_with("_outbox")
+            || key == "_meta"
+            || key.chars().any(char::is_control))
+    {
+        return Err(ConfigError::new(
+            "MONGODB_SHARD_KEY",
+            "must be a top-level field name other than _id (no '$', no '.', not _outbox/_meta)",
+        ));
+    }
+    Ok(shard_key)
+}
+
+/// `OUTBOX_ORDERING`: `none` or `subject`.
+fn ordered_by_subject_from_env(env: &Env) -> Result<bool, ConfigError> {
+    match env
+        .string_or("OUTBOX_ORDERING", "none")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "none" => Ok(false),
+        "subject" => Ok(true),
+        other => Err(ConfigError::new(
+            "OUTBOX_ORDERING",
+            format!("must be none or subject, got {other:?}"),
+        )),
+    }
+}
+
+fn check_name(setting: &'static str, name: &str, forbidden: &[char]) -> Result<(), ConfigError> {
+    if name.len() > 120 {
+        return Err(ConfigError::new(setting, "must be at most 120 bytes long"));
+    }
+    if name.starts_with("system.") {
+        return Err(ConfigError::new(setting, "must not start with \"system.\""));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| forbidden.contains(c) || *c == '\0' || c.is_control())
+    {
+        return Err(ConfigError::new(
+            setting,
+            format!("must not contain {c:?}, got {name:?}"),
+        ));
+    }
+    Ok(())
+}

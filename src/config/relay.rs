@@ -1,0 +1,119 @@
+//! How the relay drains the outbox: the relay's `OUTBOX_*` settings.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use super::{ConfigError, Env, Limit, MAX_BATCH_SIZE};
+
+const DAY_SECS: u64 = 24 * 3600;
+
+/// `OUTBOX_LEASE_SECS`: a claim longer than a day would hide its entries from every relay for
+/// that long if this one died.
+const MAX_LEASE: Limit = Limit {
+    max: Duration::from_secs(DAY_SECS),
+    said: "86400 seconds (a day)",
+};
+/// `OUTBOX_TIME_BUDGET_SECS`.
+const MAX_TIME_BUDGET: Limit = Limit {
+    max: Duration::from_secs(DAY_SECS),
+    said: "86400 seconds (a day)",
+};
+/// `OUTBOX_INITIAL_BACKOFF_MS`.
+const MAX_INITIAL_BACKOFF: Limit = Limit {
+    max: Duration::from_secs(DAY_SECS),
+    said: "86400000 milliseconds (a day)",
+};
+/// `OUTBOX_MAX_BACKOFF_SECS`.
+const MAX_BACKOFF: Limit = Limit {
+    max: Duration::from_secs(7 * DAY_SECS),
+    said: "604800 seconds (a week)",
+};
+
+/// How the relay drains the outbox.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Entries claimed at a time (at most [`MAX_BATCH_SIZE`]).
+    pub batch_size: NonZeroU32,
+    /// Claimed batches published at once by one run.
+    pub publish_concurrency: NonZeroUsize,
+    /// How long a claim lasts before other runs may take the entries.
+    pub lease: Duration,
+    /// Failed publishes before an entry is dead-lettered.
+    pub max_attempts: NonZeroU32,
+    /// Time one drain may take.
+    pub time_budget: Duration,
+    /// First persisted retry delay.
+    pub initial_backoff: Duration,
+    /// Longest persisted retry delay.
+    pub max_backoff: Duration,
+}
+
+impl RelaySettings {
+    /// Reads the `OUTBOX_*` settings of the relay; `publish_timeout` is used to check that a
+    /// claim outlives the request that publishes it.
+    ///
+    /// # Errors
+    /// A bad number, a batch over 5,000, a duration over its limit (lease and budget a day,
+    /// initial backoff a day, maximum backoff a week), a lease too short for a publish, backoff
+    /// bounds the wrong way round.
+    pub fn from_env(env: &Env, publish_timeout: Duration) -> Result<Self, ConfigError> {
+        let batch_size: NonZeroU32 = env.parse_or(
+            "OUTBOX_BATCH_SIZE",
+            nz(1000),
+            "a whole number from 1 to 5000",
+        )?;
+        if batch_size.get() > MAX_BATCH_SIZE {
+            return Err(ConfigError::new(
+                "OUTBOX_BATCH_SIZE",
+                format!(
+                    "must be at most {MAX_BATCH_SIZE} (Event Grid's limit per request), got {batch_size}"
+                ),
+            ));
+        }
+        let publish_concurrency: NonZeroUsize = env.parse_or(
+            "OUTBOX_PUBLISH_CONCURRENCY",
+            NonZeroUsize::MIN.saturating_add(3),
+            "a whole number from 1 to 64",
+        )?;
+        if publish_concurrency.get() > 64 {
+            return Err(ConfigError::new(
+                "OUTBOX_PUBLISH_CONCURRENCY",
+                "must be at most 64",
+            ));
+        }
+        let lease = env.secs_within("OUTBOX_LEASE_SECS", 60, MAX_LEASE)?;
+        if lease < publish_timeout * 2 {
+            return Err(ConfigError::new(
+                "OUTBOX_LEASE_SECS",
+                format!(
+                    "must be at least twice EVENTGRID_PUBLISH_TIMEOUT_MS ({} ms), so that a claim outlives the request that publishes it",
+                    publish_timeout.as_millis()
+                ),
+            ));
+        }
+        let max_attempts = env.parse_or("OUTBOX_MAX_ATTEMPTS", nz(10), "a whole number from 1")?;
+        let time_budget = env.secs_within("OUTBOX_TIME_BUDGET_SECS", 120, MAX_TIME_BUDGET)?;
+        let initial_backoff =
+            env.millis_within("OUTBOX_INITIAL_BACKOFF_MS", 1000, MAX_INITIAL_BACKOFF)?;
+        let max_backoff = env.secs_within("OUTBOX_MAX_BACKOFF_SECS", 300, MAX_BACKOFF)?;
+        if initial_backoff > max_backoff {
+            return Err(ConfigError::new(
+                "OUTBOX_INITIAL_BACKOFF_MS",
+                "must not be longer than OUTBOX_MAX_BACKOFF_SECS",
+            ));
+        }
+        Ok(Self {
+            batch_size,
+            publish_concurrency,
+            lease,
+            max_attempts,
+            time_budget,
+            initial_backoff,
+            max_backoff,
+        })
+    }
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
