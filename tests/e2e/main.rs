@@ -21,5 +21,6 @@ mod openapi;
 mod ops;
 mod ordering;
 mod relay;
+mod shutdown;
 mod standalone;
 mod write_document;
