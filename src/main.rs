@@ -29,12 +29,17 @@ struct Cli {
 enum Command {
     /// Run without the Functions host: HTTP API, health, admin endpoint and the drain on its
     /// schedule.
+    #[command(after_help = serve_help())]
     Serve {
         /// Port to listen on [default: STANDALONE_PORT, else 7071].
         #[arg(long)]
         port: Option<u16>,
     },
-    /// Inspect the outbox.
+    /// Inspect the outbox, and change dead-lettered entries (requeue, skip).
+    ///
+    /// `status` only reads; `requeue` and `skip` change entries in the database. They need
+    /// MONGODB_URI and the same MONGODB_*/OUTBOX_* settings as the relay, so that they find the
+    /// entries where it keeps them.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
@@ -50,13 +55,11 @@ enum OutboxCommand {
         json: bool,
     },
     /// Make dead-lettered entries pending again (attempts reset; history kept).
+    // One of the two is required, and clap's error then names both.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all_dead"])))]
     Requeue {
         /// Event id of a dead letter (repeatable).
-        #[arg(
-            long = "id",
-            required_unless_present = "all_dead",
-            conflicts_with = "all_dead"
-        )]
+        #[arg(long = "id", value_name = "EVENT_ID")]
         ids: Vec<uuid::Uuid>,
         /// Every dead letter.
         #[arg(long)]
@@ -66,9 +69,24 @@ enum OutboxCommand {
     /// of their subjects go.
     Skip {
         /// Event id of a dead letter (repeatable).
-        #[arg(long = "id", required = true)]
+        #[arg(long = "id", value_name = "EVENT_ID", required = true)]
         ids: Vec<uuid::Uuid>,
     },
+}
+
+/// The part of `handler serve --help` after the options: what it needs, and how it stops.
+fn serve_help() -> String {
+    format!(
+        "Required settings (environment variables):\n  \
+         MONGODB_URI               connection string of a replica set\n  \
+         EVENTGRID_TOPIC_ENDPOINT  the topic's whole .../api/events URL\n  \
+         STANDALONE_FUNCTION_KEY   only when STANDALONE_BIND is not a loopback address\n\
+         Without EVENTGRID_TOPIC_KEY it authenticates with Entra ID. Every other setting has a \
+         default (see the README).\n\n\
+         SIGTERM or Ctrl-C stops it gracefully: requests in flight and a running drain get {} s, \
+         then it exits; a second signal stops it at once.",
+        SHUTDOWN_GRACE.as_secs()
+    )
 }
 
 /// How long the runtime may take to stop once `main`'s work is done. Tasks a bounded stop cut

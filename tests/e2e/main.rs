@@ -14,6 +14,7 @@
 mod support;
 
 mod auth_schema;
+mod cli;
 mod cosmos;
 mod envelope;
 mod lifecycle;
