@@ -1,12 +1,24 @@
-//! Wiring: the listener, the shared clients, the router, and the background tasks.
+//! Wiring: the listener, the shared clients, the router, and the background tasks; serving, and
+//! a stop bounded by [`SHUTDOWN_GRACE`].
 
+use std::future::{Future, IntoFuture as _};
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use tokio::net::TcpListener;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -19,6 +31,13 @@ use crate::publisher::Publisher;
 use crate::relay::Relay;
 use crate::standalone::{self, Schedule};
 use crate::telemetry::chain;
+
+/// How long a graceful stop may take. When shutdown begins the listener closes, and idle
+/// keep-alive connections with it; requests in flight, connections still open and a running
+/// drain then have this long before they are cut short and the process exits. Cutting them
+/// short loses nothing: entries a drain had claimed stay pending and are published again once
+/// their lease runs out (delivery is at least once).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Which routes to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +109,10 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until the shutdown token is cancelled, then waits for in-flight requests and
-    /// background tasks to finish.
+    /// Serves until the shutdown token is cancelled (or serving fails), then gives in-flight
+    /// requests, open connections and a running scheduled drain [`SHUTDOWN_GRACE`] to finish,
+    /// and returns, logging what it cut short. Whatever is still running then stops when the
+    /// runtime is shut down.
     ///
     /// # Errors
     /// When serving fails.
@@ -123,13 +144,19 @@ impl App {
         let timer = schedule.map(|(schedule, timer)| {
             tokio::spawn(standalone::schedule::run(schedule, timer, shutdown.clone()))
         });
-        let served = axum::serve(listener, router)
+        let open = Open::default();
+        let listener = CountingListener {
+            inner: listener,
+            connections: open.connections.clone(),
+        };
+        let router = router.layer(middleware::from_fn_with_state(
+            open.requests.clone(),
+            count_request,
+        ));
+        let serving = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
-        shutdown.cancel();
-        if let Some(timer) = timer {
-            report_exit("schedule", timer.await);
-        }
+            .into_future();
+        let served = serve_until_stopped(serving, &shutdown, &open, timer).await;
         prepare.abort();
         let _ = prepare.await;
         tracing::info!("Stopped");
@@ -137,9 +164,178 @@ impl App {
     }
 }
 
+/// Awaits `serving` until `shutdown`, then gives it and the scheduled drain `timer` one
+/// [`SHUTDOWN_GRACE`] together, cutting short (and logging) what is still running after it.
+async fn serve_until_stopped(
+    serving: impl Future<Output = io::Result<()>>,
+    shutdown: &CancellationToken,
+    open: &Open,
+    timer: Option<JoinHandle<()>>,
+) -> io::Result<()> {
+    let mut serving = pin!(serving);
+    let ended = tokio::select! {
+        served = &mut serving => Some(served),
+        () = shutdown.cancelled() => None,
+    };
+    // Serving can also end by itself (it failed): everything else stops then too.
+    shutdown.cancel();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let served = match ended {
+        Some(served) => served,
+        None => finish_serving(serving, deadline, open).await,
+    };
+    if let Some(timer) = timer {
+        finish_schedule(timer, deadline).await;
+    }
+    served
+}
+
+/// Lets graceful shutdown finish until `deadline`. It closes idle connections at once, but would
+/// wait without end for a request that never completes (a client stalled mid-headers or
+/// mid-body) or takes long (a drain behind the admin endpoint): past the deadline those are
+/// left to the runtime's shutdown, which drops them.
+async fn finish_serving(
+    serving: Pin<&mut impl Future<Output = io::Result<()>>>,
+    deadline: Instant,
+    open: &Open,
+) -> io::Result<()> {
+    if let Ok(served) = tokio::time::timeout_at(deadline, serving).await {
+        return served;
+    }
+    tracing::warn!(
+        connections = open.connections.get(),
+        requests = open.requests.get(),
+        grace_secs = SHUTDOWN_GRACE.as_secs(),
+        "HTTP connections were still open at the end of the shutdown grace; closing them and cutting short their requests"
+    );
+    Ok(())
+}
+
+/// Waits for the schedule's task until `deadline`, then stops it with the drain it is running.
+async fn finish_schedule(mut timer: JoinHandle<()>, deadline: Instant) {
+    match tokio::time::timeout_at(deadline, &mut timer).await {
+        Ok(outcome) => report_exit("schedule", outcome),
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "The scheduled drain did not finish within the shutdown grace; stopping it: the entries it claimed are published again when their lease runs out"
+            );
+            timer.abort();
+            // Dropped at its next await point, with the drain and its batch tasks.
+            let _ = timer.await;
+        }
+    }
+}
+
 fn report_exit(task: &str, outcome: Result<(), tokio::task::JoinError>) {
     match outcome {
         Ok(()) => tracing::debug!(task, "Background task ended"),
         Err(e) => tracing::error!(task, error = %e, "Background task failed"),
+    }
+}
+
+/// What is open right now, so that a stop can say what it cut short.
+#[derive(Debug, Clone, Default)]
+struct Open {
+    connections: Gauge,
+    requests: Gauge,
+}
+
+/// A count of things open, each held by a [`GaugeGuard`].
+#[derive(Debug, Clone, Default)]
+struct Gauge(Arc<AtomicUsize>);
+
+impl Gauge {
+    fn enter(&self) -> GaugeGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(self.clone())
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open thing until dropped.
+#[derive(Debug)]
+struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request from when routing gets it until its response is ready.
+async fn count_request(State(requests): State<Gauge>, request: Request, next: Next) -> Response {
+    let _open = requests.enter();
+    next.run(request).await
+}
+
+/// The bound listener, counting the connections it accepted that are still open.
+struct CountingListener {
+    inner: TcpListener,
+    connections: Gauge,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own accept logs and retries errors (out of file descriptors, say).
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let open = self.connections.enter();
+        (CountedConnection { io, _open: open }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection, counted until it is closed (dropped).
+struct CountedConnection {
+    io: TcpStream,
+    _open: GaugeGuard,
+}
+
+impl AsyncRead for CountedConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -3,10 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use outbox_relay::app::{App, Mode};
+use outbox_relay::app::{App, Mode, SHUTDOWN_GRACE};
 use outbox_relay::config::{self, Env, MongoSettings, Settings};
 use outbox_relay::domain::EventId;
 use outbox_relay::standalone::{self, Schedule};
@@ -28,12 +29,17 @@ struct Cli {
 enum Command {
     /// Run without the Functions host: HTTP API, health, admin endpoint and the drain on its
     /// schedule.
+    #[command(after_help = serve_help())]
     Serve {
         /// Port to listen on [default: STANDALONE_PORT, else 7071].
         #[arg(long)]
         port: Option<u16>,
     },
-    /// Inspect the outbox.
+    /// Inspect the outbox, and change dead-lettered entries (requeue, skip).
+    ///
+    /// `status` only reads; `requeue` and `skip` change entries in the database. They need
+    /// MONGODB_URI and the same MONGODB_*/OUTBOX_* settings as the relay, so that they find the
+    /// entries where it keeps them.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
@@ -49,13 +55,11 @@ enum OutboxCommand {
         json: bool,
     },
     /// Make dead-lettered entries pending again (attempts reset; history kept).
+    // One of the two is required, and clap's error then names both.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all_dead"])))]
     Requeue {
         /// Event id of a dead letter (repeatable).
-        #[arg(
-            long = "id",
-            required_unless_present = "all_dead",
-            conflicts_with = "all_dead"
-        )]
+        #[arg(long = "id", value_name = "EVENT_ID")]
         ids: Vec<uuid::Uuid>,
         /// Every dead letter.
         #[arg(long)]
@@ -65,10 +69,30 @@ enum OutboxCommand {
     /// of their subjects go.
     Skip {
         /// Event id of a dead letter (repeatable).
-        #[arg(long = "id", required = true)]
+        #[arg(long = "id", value_name = "EVENT_ID", required = true)]
         ids: Vec<uuid::Uuid>,
     },
 }
+
+/// The part of `handler serve --help` after the options: what it needs, and how it stops.
+fn serve_help() -> String {
+    format!(
+        "Required settings (environment variables):\n  \
+         MONGODB_URI               connection string of a replica set\n  \
+         EVENTGRID_TOPIC_ENDPOINT  the topic's whole .../api/events URL\n  \
+         STANDALONE_FUNCTION_KEY   only when STANDALONE_BIND is not a loopback address\n\
+         Without EVENTGRID_TOPIC_KEY it authenticates with Entra ID. Every other setting has a \
+         default (see the README).\n\n\
+         SIGTERM or Ctrl-C stops it gracefully: requests in flight and a running drain get {} s, \
+         then it exits; a second signal stops it at once.",
+        SHUTDOWN_GRACE.as_secs()
+    )
+}
+
+/// How long the runtime may take to stop once `main`'s work is done. Tasks a bounded stop cut
+/// short (connections, a drain) are dropped then; this only bounds blocking work (such as a
+/// name lookup) that cannot be dropped.
+const RUNTIME_STOP: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -89,7 +113,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, &env)) {
+    let outcome = runtime.block_on(run(cli, &env));
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Exit non-zero: under the Functions host this makes it restart us and record why.
@@ -160,32 +186,86 @@ async fn serve(
     schedule: Option<Schedule>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    // Installed before anything starts, so that a signal during start-up is a graceful stop too.
+    let signals = StopSignals::install().context("cannot handle SIGTERM and SIGINT")?;
     let app = App::build(settings, mode, addr, schedule, shutdown.clone()).await?;
-    let signals = tokio::spawn(stop_on_signal(shutdown));
+    let watcher = tokio::spawn(stop_on_signals(signals, shutdown));
     let result = app.run().await;
-    signals.abort();
+    watcher.abort();
+    let _ = watcher.await;
     result
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C. (The Functions host uses SIGKILL, which nothing
-/// can catch; correctness never depends on this.)
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("Shutting down");
+/// Cancels `shutdown` on the first SIGTERM or SIGINT (Ctrl-C), which gives the process
+/// [`SHUTDOWN_GRACE`] to stop; exits at once on a second one. (The Functions host uses SIGKILL,
+/// which nothing can catch; correctness never depends on this.)
+async fn stop_on_signals(mut signals: StopSignals, shutdown: CancellationToken) {
+    let first = signals.next().await;
+    tracing::info!(
+        signal = first.name,
+        grace_secs = SHUTDOWN_GRACE.as_secs(),
+        "Shutting down; a second signal stops at once"
+    );
     shutdown.cancel();
+    let second = signals.next().await;
+    tracing::warn!(
+        signal = second.name,
+        "Second signal: stopping at once, cutting short what is still running (entries a drain claimed are published again when their lease runs out)"
+    );
+    // Our handlers replaced the default action, so a signal no longer ends the process: exit
+    // as that default would have, with the status a shell reports for it.
+    std::process::exit(second.exit_code);
+}
+
+/// A stop signal that arrived.
+struct Received {
+    name: &'static str,
+    /// 128 + the signal's number.
+    exit_code: i32,
+}
+
+/// SIGTERM and SIGINT, each received as often as it is sent.
+#[cfg(unix)]
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.terminate.recv() => Received { name: "SIGTERM", exit_code: 143 },
+            _ = self.interrupt.recv() => Received { name: "SIGINT", exit_code: 130 },
+        }
+    }
+}
+
+/// Ctrl-C, received as often as it is pressed.
+#[cfg(not(unix))]
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) -> Received {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Received {
+            name: "Ctrl-C",
+            exit_code: 130,
+        }
+    }
 }

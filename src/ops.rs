@@ -1,5 +1,5 @@
-//! Operator commands (`handler outbox …`): inspect the outbox and requeue dead letters. They
-//! need only the `MONGODB_*` / `OUTBOX_*` placement settings.
+//! Operator commands (`handler outbox …`): inspect the outbox, and change dead letters (requeue,
+//! skip). They need only the `MONGODB_*` / `OUTBOX_*` placement settings.
 
 use chrono::Utc;
 use serde::Serialize;

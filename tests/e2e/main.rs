@@ -14,6 +14,7 @@
 mod support;
 
 mod auth_schema;
+mod cli;
 mod cosmos;
 mod envelope;
 mod lifecycle;
@@ -21,6 +22,7 @@ mod openapi;
 mod ops;
 mod ordering;
 mod relay;
+mod shutdown;
 mod standalone;
 mod store;
 mod write_document;
