@@ -31,8 +31,9 @@ fmt: ## Format the code
 	cargo fmt --all
 
 .PHONY: lint
-lint: ## Clippy with warnings as errors
+lint: ## Clippy with warnings as errors; no import circle between modules
 	cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+	cargo test --locked -p devstack --test import_circles
 
 .PHONY: doc
 doc: ## Build the API docs with warnings as errors
