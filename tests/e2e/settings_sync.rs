@@ -35,9 +35,11 @@ fn the_readme_table_lists_every_setting_config_rs_reads() {
             "config.rs no longer reads {name}: update this test"
         );
     }
-    assert_eq!(
-        documented, read,
-        "README's settings table (left) vs config.rs (right)"
+    assert_same(
+        "the README's settings table",
+        &documented,
+        "config.rs",
+        &read,
     );
 }
 
@@ -52,9 +54,11 @@ fn the_example_lists_every_setting_of_the_readme_table() {
             "{name} is in local.settings.json.example"
         );
     }
-    assert_eq!(
-        listed, documented,
-        "local.settings.json.example (left) vs the README's table (right)"
+    assert_same(
+        "local.settings.json.example",
+        &listed,
+        "the README's settings table",
+        &documented,
     );
 }
 
@@ -76,6 +80,16 @@ fn the_example_holds_the_readme_defaults() {
             "{name}: the example has {value:?}, the README's default is {default}"
         );
     }
+}
+
+/// Fails naming the settings only one side has.
+fn assert_same(a: &str, a_names: &BTreeSet<String>, b: &str, b_names: &BTreeSet<String>) {
+    let only_a: Vec<&String> = a_names.difference(b_names).collect();
+    let only_b: Vec<&String> = b_names.difference(a_names).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "only in {a}: {only_a:?}; only in {b}: {only_b:?}"
+    );
 }
 
 /// `x` when the cell is exactly one code span `` `x` ``.
