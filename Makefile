@@ -14,6 +14,10 @@ build: ## Build every binary (debug)
 run: ## Start a local replica set, the Event Grid receiver and `handler serve`; Ctrl-C stops them
 	scripts/run.sh
 
+.PHONY: services
+services: ## Only a replica set (port 7073) and the receiver (7072), and a local.settings.json for `func start`; Ctrl-C stops them
+	scripts/services.sh
+
 .PHONY: test
 test: ## Install what is needed, start a real replica set, run every test
 	scripts/test.sh
