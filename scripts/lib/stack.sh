@@ -41,6 +41,11 @@ stack_init() {
   trap 'stack_stop' EXIT
 }
 
+# Whether process $1 runs (an exited child not reaped yet, a zombie, does not).
+is_running() {
+  [[ -e /proc/$1 && "$(awk '{print $3}' /proc/"$1"/stat 2>/dev/null)" != Z ]]
+}
+
 # Inodes of the sockets listening on TCP port $1 (IPv4 and IPv6), one per line.
 listening_inodes() {
   local hex
@@ -113,7 +118,8 @@ stack_mongod_start() {
 stack_wait_listening() {
   local name="$1" pid="$2" port="$3" _
   for _ in $(seq 1 300); do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! is_running "$pid"; then
+      sleep 0.3 # its last lines reach the output first (stack_show_log)
       fail "error: $name exited before it listened on port $port$( [[ -n "$(listening_inodes "$port")" ]] && echo " (the port is taken by $(port_owner "$port"))"); see its output above"
     fi
     if pid_listens_on "$pid" "$port" && curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/"; then
@@ -150,15 +156,14 @@ stack_stop() {
   for _ in $(seq 1 $((STOP_DEADLINE_SECS * 10))); do
     alive=0
     for pid in "${stack_pids[@]}"; do
-      # A child that exited but is not reaped yet (a zombie) counts as gone.
-      [[ -e /proc/$pid && "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]] && alive=1
+      is_running "$pid" && alive=1
     done
     ((alive)) || break
     sleep 0.1
   done
   for i in "${!stack_pids[@]}"; do
     pid="${stack_pids[i]}"
-    if [[ -e /proc/$pid && "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]]; then
+    if is_running "$pid"; then
       say "${stack_names[i]} (pid $pid) still running ${STOP_DEADLINE_SECS} s after SIGTERM; SIGKILL"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
     fi

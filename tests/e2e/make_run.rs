@@ -114,10 +114,11 @@ async fn make_services_writes_settings_for_func_start_and_stops_on_ctrl_c() {
         values["FUNCTIONS_WORKER_RUNTIME"], "custom",
         "the rest from the example"
     );
-    let stats = reqwest::get(format!("http://127.0.0.1:{receiver_port}/_receiver/stats"))
-        .await
-        .unwrap();
-    assert_eq!(stats.status(), 200, "the receiver answers");
+    assert_eq!(
+        http_status(receiver_port, "/_receiver/stats"),
+        200,
+        "the receiver answers"
+    );
     let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
     client
         .database("admin")
@@ -234,22 +235,40 @@ impl Script {
             .collect()
     }
 
-    /// SIGINT to the whole job (script, `tee`), as a terminal sends it on Ctrl-C.
+    /// SIGINT to the whole job (script, `tee`), as a terminal sends it on Ctrl-C. Which of them
+    /// runs first is up to the scheduler; a terminal typically lets `tee` die before the script's
+    /// trap runs, the hard case (the cleanup then writes to a closed pipe), so the test makes it
+    /// so: `tee` first, then the whole group.
     fn interrupt_like_a_terminal(&self) {
+        let tee = self.child_named("tee");
+        signal("-INT", &tee.to_string());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_alive(tee) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         signal("-INT", &format!("-{}", self.pipeline.id()));
+    }
+
+    /// The pid of the pipeline's child running `comm` (`bash` is the script, `tee` is tee).
+    fn child_named(&self, comm: &str) -> u32 {
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pipeline.id()))
+                .unwrap();
+        children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    == comm
+            })
+            .unwrap_or_else(|| panic!("no {comm} in the pipeline: {children}"))
     }
 
     /// SIGTERM to the script alone (not `tee`, not its children).
     fn terminate_script_only(&self) {
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pipeline.id()))
-                .unwrap();
-        for pid in children.split_whitespace() {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "bash" {
-                signal("-TERM", pid);
-            }
-        }
+        signal("-TERM", &self.child_named("bash").to_string());
     }
 
     /// Every process in `pids` is gone within [`STOP_LIMIT`], and so is the pipeline.
@@ -294,6 +313,7 @@ impl Drop for Script {
             .args(["mongod", "stop", "--dir"])
             .arg(self.dir.join("mongod"))
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -330,6 +350,24 @@ fn is_alive(pid: u32) -> bool {
             Some(state != "Z")
         })
         .unwrap_or(false)
+}
+
+/// The status of `GET path` on a local port (plain HTTP/1.1, no client to set up).
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
 }
 
 fn shell_quote(path: &Path) -> String {
