@@ -14,6 +14,10 @@ build: ## Build every binary (debug)
 run: ## Start a local replica set, the Event Grid receiver and `handler serve`; Ctrl-C stops them
 	scripts/run.sh
 
+.PHONY: services
+services: ## Only a replica set (port 7073) and the receiver (7072), and a local.settings.json for `func start`; Ctrl-C stops them
+	scripts/services.sh
+
 .PHONY: test
 test: ## Install what is needed, start a real replica set, run every test
 	scripts/test.sh
@@ -31,8 +35,9 @@ fmt: ## Format the code
 	cargo fmt --all
 
 .PHONY: lint
-lint: ## Clippy with warnings as errors
+lint: ## Clippy with warnings as errors; no import circle between modules
 	cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+	cargo test --locked -p devstack --test import_circles
 
 .PHONY: doc
 doc: ## Build the API docs with warnings as errors

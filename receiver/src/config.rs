@@ -6,6 +6,9 @@ use std::str::FromStr;
 
 use crate::error::ReceiverError;
 
+/// Every path of the control API starts with this; the publish path may not.
+pub(crate) const CONTROL_PREFIX: &str = "/_receiver/";
+
 /// The input schema of the emulated custom topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,11 +159,10 @@ impl ReceiverConfig {
                 self.path
             )));
         }
-        if self.path == "/_receiver" || self.path.starts_with(crate::control::PREFIX) {
+        if self.path == "/_receiver" || self.path.starts_with(CONTROL_PREFIX) {
             return Err(ReceiverError::Config(format!(
                 "path {:?} collides with the control API under {}",
-                self.path,
-                crate::control::PREFIX
+                self.path, CONTROL_PREFIX
             )));
         }
         Ok(())

@@ -11,13 +11,10 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::contract::error_body;
+use crate::error::{ReceiverError, error_chain};
 use crate::faults::{FailRule, Fault, FaultSpec};
-use crate::server::Body;
 use crate::state::{Shared, lock};
-
-/// Every control path starts with this.
-pub(crate) const PREFIX: &str = "/_receiver/";
+use crate::wire::{Body, error_body};
 
 /// Largest control request body accepted.
 const MAX_CONTROL_BODY: usize = 64 * 1024;
@@ -177,7 +174,7 @@ async fn post_fault(shared: &Shared, request: Request<Incoming>) -> Response<Bod
                 rule.retry_after = retry_after;
                 faults.push(Fault::FailRate { permille, rule })
             } else {
-                Err(crate::ReceiverError::Fault(format!(
+                Err(ReceiverError::Fault(format!(
                     "a fail rate must be between 0 and 1, got {rate}"
                 )))
             }
@@ -187,11 +184,7 @@ async fn post_fault(shared: &Shared, request: Request<Incoming>) -> Response<Bod
         Ok(()) => serialized(&faults.view()),
         Err(e) => {
             drop(faults);
-            error(
-                StatusCode::BAD_REQUEST,
-                "FaultInvalid",
-                &crate::error_chain(&e),
-            )
+            error(StatusCode::BAD_REQUEST, "FaultInvalid", &error_chain(&e))
         }
     }
 }

@@ -47,3 +47,15 @@ pub enum ReceiverError {
     #[error("invalid fault rule: {0}")]
     Fault(String),
 }
+
+/// An error and its sources on one line, `outer: inner: …`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -8,7 +8,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde_json::value::RawValue;
 
 use crate::config::Schema;
-use crate::contract::{Limits, Rejection, compact};
+use crate::wire::{Limits, Rejection, compact};
 
 /// One event that passed every rule.
 #[derive(Debug)]

@@ -15,15 +15,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::contract::{self, Limits, Rejection};
+use crate::config::CONTROL_PREFIX;
+use crate::contract;
+use crate::control;
 use crate::state::{Decided, RequestOutcome, Shared, lock};
+use crate::wire::{Body, Limits, Rejection, error_body};
 
 /// How long connections may take to finish their request in flight once shutdown
 /// begins, before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// The response body type of every answer.
-pub(crate) type Body = Full<Bytes>;
 
 /// Returned by the service to make hyper close the connection without writing a
 /// response (hyper never answers a service error on HTTP/1; it drops the connection).
@@ -121,8 +121,8 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, CloseConnection> {
     let path = request.uri().path();
-    if path == "/_receiver" || path.starts_with(crate::control::PREFIX) {
-        return Ok(crate::control::handle(&shared, request).await);
+    if path == "/_receiver" || path.starts_with(CONTROL_PREFIX) {
+        return Ok(control::handle(&shared, request).await);
     }
     publish(&shared, request).await
 }
@@ -314,7 +314,7 @@ async fn publish(
         );
         let mut answer = Answer {
             status: fail.status,
-            body: Some(contract::error_body(fail.status, "InjectedFault", &message)),
+            body: Some(error_body(fail.status, "InjectedFault", &message)),
             headers: Vec::new(),
             close: !read.is_consumed(),
         };

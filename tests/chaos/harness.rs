@@ -66,52 +66,17 @@ pub fn chaos_settings(
         ("OUTBOX_TIME_BUDGET_SECS", "20"),
         ("MONGODB_WRITE_TIMEOUT_MS", "3000"),
     ];
-    // The handlers' sessions carry this test's name, so that teardown can find them.
-    let uri = format!(
-        "{}{}appName={}",
-        db.uri,
-        if db.uri.contains('?') { "&" } else { "?" },
-        app_name(db)
-    );
+    // The handlers' sessions carry this test's name, so that cleaning up can end them.
+    let uri = db.uri_for_handler();
     base.push(("MONGODB_URI", &uri));
     base.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     base.extend_from_slice(extra);
     app_settings(db, rx, &base)
 }
 
-fn app_name(db: &TestDb) -> String {
-    format!("chaos-{}", db.name)
-}
-
-/// Ends the sessions this test's handlers left on the server, then drops the database.
-///
-/// A handler SIGKILLed mid-write leaves its transaction open on the server until
-/// `transactionLifetimeLimitSeconds` (60 s) runs out; until then it holds its locks and
-/// `dropDatabase` waits. Only sessions of this test's handlers are ended (by their `appName`),
-/// never those of other tests sharing the replica set.
+/// Ends the sessions this test's handlers left on the server (a SIGKILLed handler's open
+/// transaction would make `dropDatabase` wait), then drops the database; see [`TestDb::drop`].
 pub async fn teardown(db: TestDb) {
-    let admin = db.client.database("admin");
-    let mut cursor = admin
-        .aggregate(vec![
-            doc! { "$currentOp": { "allUsers": true, "idleSessions": true } },
-            doc! { "$match": { "appName": app_name(&db), "lsid": { "$exists": true } } },
-        ])
-        .await
-        .unwrap();
-    let mut sessions = Vec::new();
-    while let Some(op) = cursor.next().await {
-        if let Ok(lsid) = op.unwrap().get_document("lsid") {
-            sessions.push(Bson::Document(
-                doc! { "id": lsid.get("id").cloned().unwrap() },
-            ));
-        }
-    }
-    if !sessions.is_empty() {
-        admin
-            .run_command(doc! { "killSessions": sessions })
-            .await
-            .unwrap();
-    }
     db.drop().await;
 }
 

@@ -1,6 +1,13 @@
 //! The real replica set `make test` started, and one fresh database per test.
+//!
+//! A test's database is dropped when its [`TestDb`] goes, whether the test passed or failed
+//! (`drop().await` on success, [`Drop`] on a panic or an early return), and the first
+//! database a test process creates sweeps the databases of test processes that are gone (a
+//! run killed before it could clean up).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Collection, Database};
@@ -29,7 +36,12 @@ pub fn uri() -> String {
 }
 
 /// A database of its own for one test, with the product's collections and indexes.
+///
+/// Named `test_<pid>_<random>`: the pid of the test process that created it tells the sweep
+/// whether its owner is still running.
 pub struct TestDb {
+    /// Set by [`Self::drop`]; otherwise [`Drop`] cleans up.
+    is_dropped: bool,
     pub name: String,
     /// The replica set's connection string.
     pub uri: String,
@@ -50,7 +62,12 @@ impl TestDb {
 
     /// On the replica set at `uri` (a test that starts its own, e.g. to restart it).
     pub async fn on(uri: &str, extra: &[(&str, &str)]) -> Self {
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        sweep_leftovers(uri).await;
+        let name = format!(
+            "test_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
         let mut map: HashMap<String, String> = HashMap::new();
         map.insert("MONGODB_URI".into(), uri.to_owned());
         map.insert("MONGODB_DATABASE".into(), name.clone());
@@ -72,6 +89,7 @@ impl TestDb {
         .await
         .expect("ensure_indexes on the test database");
         Self {
+            is_dropped: false,
             name,
             uri: uri.to_owned(),
             client,
@@ -167,9 +185,136 @@ impl TestDb {
         ]
     }
 
-    pub async fn drop(self) {
-        let _ = self.db().drop().await;
+    /// The `appName` a handler of this test connects with (see [`Self::uri_for_handler`]), so
+    /// that cleaning up can end the sessions it left.
+    pub fn app_name(&self) -> String {
+        app_name(&self.name)
     }
+
+    /// The replica set's connection string with this test's `appName`.
+    pub fn uri_for_handler(&self) -> String {
+        let separator = if self.uri.contains('?') { '&' } else { '?' };
+        format!("{}{separator}appName={}", self.uri, self.app_name())
+    }
+
+    /// Ends the sessions this test's handlers left, then drops the database.
+    pub async fn drop(mut self) {
+        clean_up(&self.client, &self.name).await;
+        self.is_dropped = true;
+    }
+}
+
+impl Drop for TestDb {
+    /// A test that failed never reached `drop().await`: clean up here, so that its database
+    /// does not outlive it.
+    fn drop(&mut self) {
+        if self.is_dropped {
+            return;
+        }
+        let (uri, name) = (self.uri.clone(), self.name.clone());
+        // `drop` cannot await, and the test's runtime may be the one unwinding: a thread with
+        // a runtime and a client of its own, bounded in time (the replica set may be down).
+        let cleaner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            runtime.block_on(async {
+                let cleanup = async {
+                    if let Some(client) = short_lived_client(&uri).await {
+                        clean_up(&client, &name).await;
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(20), cleanup)
+                    .await
+                    .is_err()
+                {
+                    eprintln!("test database {name} not dropped: the replica set did not answer");
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+fn app_name(database: &str) -> String {
+    format!("handler-{database}")
+}
+
+/// A client that gives up quickly when the replica set is gone.
+async fn short_lived_client(uri: &str) -> Option<Client> {
+    let mut options = mongodb::options::ClientOptions::parse(uri).await.ok()?;
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    Client::with_options(options).ok()
+}
+
+/// Ends the sessions of the database's handlers, then drops it.
+///
+/// A handler SIGKILLed mid-write leaves its transaction open on the server until
+/// `transactionLifetimeLimitSeconds` (60 s) runs out; until then it holds its locks and
+/// `dropDatabase` waits. Only the sessions of this database's handlers are ended (by their
+/// `appName`), never those of other tests sharing the replica set.
+async fn clean_up(client: &Client, database: &str) {
+    use futures_util::TryStreamExt as _;
+    let admin = client.database("admin");
+    let sessions: Vec<mongodb::bson::Bson> = match admin
+        .aggregate(vec![
+            doc! { "$currentOp": { "allUsers": true, "idleSessions": true } },
+            doc! { "$match": { "appName": app_name(database), "lsid.id": { "$exists": true } } },
+        ])
+        .await
+    {
+        Ok(cursor) => cursor
+            .try_collect::<Vec<Document>>()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|op| op.get_document("lsid").ok()?.get("id").cloned())
+            .map(|id| doc! { "id": id }.into())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if !sessions.is_empty() {
+        let _ = admin.run_command(doc! { "killSessions": sessions }).await;
+    }
+    if let Err(error) = client.database(database).drop().await {
+        eprintln!("test database {database} not dropped: {error}");
+    }
+}
+
+/// Once per test process: drops the `test_<pid>_…` databases whose process is gone. Tests and
+/// the replica set run on one machine (as `make test` runs them), so `/proc` tells.
+async fn sweep_leftovers(uri: &str) {
+    static IS_SWEPT: AtomicBool = AtomicBool::new(false);
+    if IS_SWEPT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if let Some(client) = short_lived_client(uri).await {
+        sweep_orphans(&client).await;
+    }
+}
+
+/// Drops the `test_<pid>_…` databases whose process is gone.
+pub async fn sweep_orphans(client: &Client) {
+    let names = client
+        .list_database_names()
+        .filter(doc! { "name": { "$regex": "^test_[0-9]+_" } })
+        .await
+        .unwrap_or_default();
+    for name in names.iter().filter(|name| is_orphaned(name)) {
+        clean_up(client, name).await;
+    }
+}
+
+/// Whether the test process that created database `name` (`test_<pid>_<random>`) is gone.
+fn is_orphaned(name: &str) -> bool {
+    let pid = name
+        .strip_prefix("test_")
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| {
+        pid != std::process::id() && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+    })
 }
 
 /// An outbox entry's state document (`_outbox`), by event id.
