@@ -46,8 +46,6 @@ fn the_development_tools_have_no_import_circle() {
 }
 
 #[test]
-#[ignore = "src/ still has db → outbox → db and domain::change ↔ domain::document; \
-            delete this line once issue 8's restructuring has merged"]
 fn the_handler_crate_has_no_import_circle() {
     assert_no_circle("src/lib.rs");
 }

@@ -31,7 +31,6 @@ pub mod storage;
 pub mod store;
 pub mod write;
 
-pub use placement::Placement;
 pub use storage::{Ready, Storage};
 
 use chrono::{DateTime, Utc};
@@ -65,6 +64,16 @@ impl EntryStatus {
             Self::Skipped => "skipped",
         }
     }
+}
+
+/// Where outbox entries (and idempotency records) live, once decided (see [`placement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// In `OUTBOX_COLLECTION`.
+    Separate,
+    /// In the documents' collection, beside the documents.
+    Colocated,
 }
 
 /// An entry a relay holds under a claim.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use mongodb::Database;
 use tokio::sync::OnceCell;
 
-use super::placement::{self, Placement};
+use super::Placement;
+use super::placement;
 use super::store::{Expiry, OutboxStore};
 use super::write::PlacementStore;
 use crate::config::MongoSettings;

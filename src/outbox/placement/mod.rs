@@ -21,21 +21,11 @@ mod transactional;
 use std::sync::Arc;
 
 use mongodb::Database;
-use serde::Serialize;
 
+use super::Placement;
 use super::write::PlacementStore;
 use crate::config::{MongoSettings, PlacementSetting};
 use crate::db::{Db, DbError};
-
-/// Where outbox entries (and idempotency records) live, once decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Placement {
-    /// In `OUTBOX_COLLECTION`.
-    Separate,
-    /// In the documents' collection, beside the documents.
-    Colocated,
-}
 
 /// Decides the placement: as configured, or for `auto` by probing the server (see
 /// `probe.rs`).
