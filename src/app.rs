@@ -28,6 +28,7 @@ use crate::functions::binding::HttpFunction;
 use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
 use crate::outbox::Storage;
 use crate::publisher::Publisher;
+use crate::push::{self, Handoff, Inbox};
 use crate::relay::Relay;
 use crate::standalone::{self, Schedule};
 use crate::telemetry::chain;
@@ -48,15 +49,67 @@ pub enum Mode {
     Standalone,
 }
 
+/// The push path's two ends, when it is on: `OUTBOX_PUSH=on`, except with
+/// `OUTBOX_ORDERING=subject`, where a pushed event could overtake an older one of its subject
+/// that is backing off (the drain defers such entries; the push path cannot see them).
+fn push_path(settings: &Settings) -> Option<(Handoff, Inbox)> {
+    if !settings.relay.push {
+        return None;
+    }
+    if settings.mongodb.ordered_by_subject {
+        tracing::info!(
+            "OUTBOX_ORDERING=subject: the push path is off, so that no event overtakes an older one of its subject; events are published by drains"
+        );
+        return None;
+    }
+    Some(push::channel(settings.relay.lease))
+}
+
 /// A bound, ready-to-run handler.
 pub struct App {
     listener: TcpListener,
     router: Router,
     mode: Mode,
-    /// The standalone timer and what it runs.
-    schedule: Option<(Schedule, OutboxTimer)>,
+    /// What runs beside serving: the standalone schedule or tail, the push path.
+    background: Vec<Background>,
     storage: Arc<Storage>,
     shutdown: CancellationToken,
+}
+
+/// Work that runs beside serving, started by [`App::run`] and stopped with it.
+enum Background {
+    /// The standalone timer and what it runs.
+    Schedule(Box<Schedule>, OutboxTimer),
+    /// Standalone mode's continuous relay (`OUTBOX_TAIL=on`).
+    Tail(Relay),
+    /// The push path's publisher (`OUTBOX_PUSH=on`).
+    Push(Relay, Inbox),
+}
+
+impl Background {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Schedule(..) => "schedule",
+            Self::Tail(_) => "tail",
+            Self::Push(..) => "push",
+        }
+    }
+
+    fn spawn(self, shutdown: CancellationToken) -> (&'static str, JoinHandle<()>) {
+        let name = self.name();
+        let task = match self {
+            Self::Schedule(schedule, timer) => {
+                tokio::spawn(standalone::schedule::run(*schedule, timer, shutdown))
+            }
+            Self::Tail(relay) => tokio::spawn(async move {
+                relay.tail(None, &shutdown).await;
+            }),
+            Self::Push(relay, inbox) => tokio::spawn(async move {
+                relay.push(inbox, shutdown).await;
+            }),
+        };
+        (name, task)
+    }
 }
 
 impl App {
@@ -82,20 +135,37 @@ impl App {
         let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
         let publisher = Publisher::new(&settings.eventgrid)?;
         let relay = Relay::new(Arc::clone(&storage), publisher, settings.relay.clone());
-        let documents = DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
+        let mut documents =
+            DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
+        let mut background = Vec::new();
+        if let Some(inbox) = push_path(settings) {
+            documents = documents.with_push(inbox.0);
+            background.push(Background::Push(relay.clone(), inbox.1));
+        }
         let write = WriteDocumentHttp::new(documents, HttpFunction::load(&settings.app_root)?);
-        let timer = OutboxTimer::new(relay, settings.relay.time_budget, shutdown.clone());
-        let router = match mode {
-            Mode::Functions => functions::router(write, timer.clone()),
-            Mode::Standalone => {
-                standalone::router(write, timer.clone(), settings.standalone_key.clone())
+        let timer = OutboxTimer::new(relay.clone(), settings.relay.time_budget, shutdown.clone());
+        match schedule {
+            Some(_) if settings.relay.tail => {
+                tracing::info!(
+                    poll_ms = settings.relay.poll.as_millis(),
+                    "OUTBOX_TAIL=on: relaying continuously (OUTBOX_SCHEDULE is not used)"
+                );
+                background.push(Background::Tail(relay));
             }
+            Some(schedule) => {
+                background.push(Background::Schedule(Box::new(schedule), timer.clone()))
+            }
+            None => {}
+        }
+        let router = match mode {
+            Mode::Functions => functions::router(write, timer),
+            Mode::Standalone => standalone::router(write, timer, settings.standalone_key.clone()),
         };
         Ok(Self {
             listener,
             router,
             mode,
-            schedule: schedule.map(|s| (s, timer)),
+            background,
             storage,
             shutdown,
         })
@@ -121,7 +191,7 @@ impl App {
             listener,
             router,
             mode,
-            schedule,
+            background,
             storage,
             shutdown,
         } = self;
@@ -141,9 +211,10 @@ impl App {
                 ),
             }
         });
-        let timer = schedule.map(|(schedule, timer)| {
-            tokio::spawn(standalone::schedule::run(schedule, timer, shutdown.clone()))
-        });
+        let tasks: Vec<_> = background
+            .into_iter()
+            .map(|work| work.spawn(shutdown.clone()))
+            .collect();
         let open = Open::default();
         let listener = CountingListener {
             inner: listener,
@@ -156,7 +227,7 @@ impl App {
         let serving = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
-        let served = serve_until_stopped(serving, &shutdown, &open, timer).await;
+        let served = serve_until_stopped(serving, &shutdown, &open, tasks).await;
         prepare.abort();
         let _ = prepare.await;
         tracing::info!("Stopped");
@@ -164,13 +235,13 @@ impl App {
     }
 }
 
-/// Awaits `serving` until `shutdown`, then gives it and the scheduled drain `timer` one
+/// Awaits `serving` until `shutdown`, then gives it and the background `tasks` one
 /// [`SHUTDOWN_GRACE`] together, cutting short (and logging) what is still running after it.
 async fn serve_until_stopped(
     serving: impl Future<Output = io::Result<()>>,
     shutdown: &CancellationToken,
     open: &Open,
-    timer: Option<JoinHandle<()>>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 ) -> io::Result<()> {
     let mut serving = pin!(serving);
     let ended = tokio::select! {
@@ -184,8 +255,8 @@ async fn serve_until_stopped(
         Some(served) => served,
         None => finish_serving(serving, deadline, open).await,
     };
-    if let Some(timer) = timer {
-        finish_schedule(timer, deadline).await;
+    for (name, task) in tasks {
+        finish_task(name, task, deadline).await;
     }
     served
 }
@@ -211,18 +282,19 @@ async fn finish_serving(
     Ok(())
 }
 
-/// Waits for the schedule's task until `deadline`, then stops it with the drain it is running.
-async fn finish_schedule(mut timer: JoinHandle<()>, deadline: Instant) {
-    match tokio::time::timeout_at(deadline, &mut timer).await {
-        Ok(outcome) => report_exit("schedule", outcome),
+/// Waits for a background task until `deadline`, then stops it with the work it is doing.
+async fn finish_task(name: &'static str, mut task: JoinHandle<()>, deadline: Instant) {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(outcome) => report_exit(name, outcome),
         Err(_) => {
             tracing::warn!(
+                task = name,
                 grace_secs = SHUTDOWN_GRACE.as_secs(),
-                "The scheduled drain did not finish within the shutdown grace; stopping it: the entries it claimed are published again when their lease runs out"
+                "A background task did not finish within the shutdown grace; stopping it: the entries it held are published again when their lease runs out"
             );
-            timer.abort();
+            task.abort();
             // Dropped at its next await point, with the drain and its batch tasks.
-            let _ = timer.await;
+            let _ = task.await;
         }
     }
 }

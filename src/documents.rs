@@ -30,6 +30,7 @@ use crate::domain::{DocumentId, EventId, EventTypes, InputError, Operation, Revi
 use crate::outbox::Storage;
 use crate::outbox::idempotency::Recorded;
 use crate::outbox::write::{Change, Committed, PlacementStore, Refusal, WriteFailure};
+use crate::push::Handoff;
 use decide::Planned;
 use plan::Plan;
 use retry::GaveUp;
@@ -140,15 +141,29 @@ pub enum WriteError {
 pub struct DocumentService {
     storage: Arc<Storage>,
     event_types: EventTypes,
+    /// The push path: when set, each write holds its entry for this process and hands the
+    /// event to the publisher right after the commit.
+    push: Option<Handoff>,
 }
 
 impl DocumentService {
-    /// A service writing through `storage`, typing events with `event_types`.
+    /// A service writing through `storage`, typing events with `event_types`; its events wait
+    /// for a drain.
     #[must_use]
     pub fn new(storage: Arc<Storage>, event_types: EventTypes) -> Self {
         Self {
             storage,
             event_types,
+            push: None,
+        }
+    }
+
+    /// The same service, handing each committed event to `push` (see [`crate::push`]).
+    #[must_use]
+    pub fn with_push(self, push: Handoff) -> Self {
+        Self {
+            push: Some(push),
+            ..self
         }
     }
 
@@ -174,11 +189,17 @@ impl DocumentService {
             plan: &plan,
             settings,
             event_types: &self.event_types,
+            hold: self.push.as_ref().map(Handoff::hold),
         };
         let change: &dyn Change = &planned;
         let deadline = started + settings.write_timeout;
         let written = match retry::until_deadline(deadline, || writer.write(change)).await {
-            Ok(committed) => Ok(written(&plan, committed)),
+            Ok(committed) => {
+                if let (Some(push), Some(hold)) = (&self.push, planned.hold) {
+                    push.kick(committed.decision.event.clone(), hold);
+                }
+                Ok(written(&plan, committed))
+            }
             Err(GaveUp::TimedOut) => Err(unavailable(None)),
             Err(GaveUp::Failed(failure)) => refused(writer, &plan, failure).await,
         }?;

@@ -29,6 +29,7 @@ pub mod functions;
 pub mod ops;
 pub mod outbox;
 pub mod publisher;
+pub mod push;
 pub mod relay;
 pub mod standalone;
 pub mod telemetry;

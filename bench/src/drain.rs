@@ -91,7 +91,13 @@ pub(crate) async fn seed(
             ),
             first_time + chrono::Duration::milliseconds(i64::try_from(i)?),
         );
-        chunk.push(store::new_entry(&event, collection, id.as_str(), None));
+        chunk.push(store::new_entry(
+            &event,
+            collection,
+            id.as_str(),
+            None,
+            None,
+        ));
         if chunk.len() == SEED_CHUNK || i + 1 == n {
             // One chunk in flight while the next is built.
             if let Some(previous) = inserting.take() {

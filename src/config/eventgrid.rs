@@ -1,5 +1,6 @@
 //! How to reach the topic: `EVENTGRID_*`.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -62,6 +63,9 @@ pub struct EventGridSettings {
     /// Quick retries of a transiently failed request inside one run, before the failure is
     /// recorded on the entries.
     pub publish_retries: u32,
+    /// `EVENTGRID_MAX_EVENTS_PER_SEC`: the most events this process sends per second, over
+    /// all its paths; unset means no limit of our own.
+    pub max_events_per_sec: Option<NonZeroU32>,
 }
 
 impl EventGridSettings {
@@ -105,6 +109,10 @@ impl EventGridSettings {
                 MAX_PUBLISH_TIMEOUT,
             )?,
             publish_retries,
+            max_events_per_sec: env.parse_optional(
+                "EVENTGRID_MAX_EVENTS_PER_SEC",
+                "a whole number of events per second from 1",
+            )?,
         })
     }
 }

@@ -59,7 +59,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use self::eventgrid::{CredentialKind, EventGridAuth, EventGridSettings, EventSchema};
 pub use self::mongo::{MongoSettings, PlacementSetting};
-pub use self::relay::RelaySettings;
+pub use self::relay::{LEASE_MARGIN_DIVISOR, RelaySettings};
 use crate::domain::EventTypes;
 
 /// The largest batch Event Grid accepts in one request.
@@ -141,6 +141,33 @@ impl Env {
             Some(raw) => raw
                 .parse()
                 .map_err(|_| ConfigError::new(name, format!("must be {what}, got {raw:?}"))),
+        }
+    }
+
+    /// An optional setting parsed as `T`; unset is `None`.
+    fn parse_optional<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        what: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        self.get(name)
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|_| ConfigError::new(name, format!("must be {what}, got {raw:?}")))
+            })
+            .transpose()
+    }
+
+    /// An on/off setting: `on`/`off` (also `true`/`false`, `1`/`0`), case-insensitive.
+    fn switch_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None => Ok(default),
+            Some("on" | "true" | "1") => Ok(true),
+            Some("off" | "false" | "0") => Ok(false),
+            Some(other) => Err(ConfigError::new(
+                name,
+                format!("must be on or off, got {other:?}"),
+            )),
         }
     }
 
@@ -514,7 +541,12 @@ mod tests {
         // largest needs to pass the other checks)
         type Pairs = &'static [(&'static str, &'static str)];
         let cases: &[(&str, &str, &str, Pairs)] = &[
-            ("OUTBOX_LEASE_SECS", "86400", "86401", &[]),
+            (
+                "OUTBOX_LEASE_SECS",
+                "86400",
+                "86401",
+                &[("OUTBOX_TIME_BUDGET_SECS", "86400")],
+            ),
             ("OUTBOX_TIME_BUDGET_SECS", "86400", "86401", &[]),
             (
                 "OUTBOX_INITIAL_BACKOFF_MS",
@@ -527,7 +559,10 @@ mod tests {
                 "EVENTGRID_PUBLISH_TIMEOUT_MS",
                 "600000",
                 "600001",
-                &[("OUTBOX_LEASE_SECS", "1200")],
+                &[
+                    ("OUTBOX_LEASE_SECS", "1200"),
+                    ("OUTBOX_TIME_BUDGET_SECS", "3600"),
+                ],
             ),
         ];
         for &(name, max, over, others) in cases {
@@ -542,6 +577,53 @@ mod tests {
                 assert_eq!(e.setting, name, "{name}={bad}: {e}");
                 assert!(e.reason.starts_with("must be at most"), "{name}={bad}: {e}");
             }
+        }
+    }
+
+    #[test]
+    fn a_budget_too_short_for_one_publish_is_refused_naming_both_settings() {
+        // The defect this guards: a 20 s budget with the default 30 s publish timeout let
+        // every run claim nothing and still answer 200.
+        let e = Settings::from_env(&with(&[("OUTBOX_TIME_BUDGET_SECS", "20")])).unwrap_err();
+        assert_eq!(e.setting, "OUTBOX_TIME_BUDGET_SECS");
+        assert!(e.reason.contains("EVENTGRID_PUBLISH_TIMEOUT_MS"), "{e}");
+        // 30 s publish + 6 s (a tenth of the 60 s lease) is the floor.
+        assert!(Settings::from_env(&with(&[("OUTBOX_TIME_BUDGET_SECS", "36")])).is_err());
+        assert!(Settings::from_env(&with(&[("OUTBOX_TIME_BUDGET_SECS", "37")])).is_ok());
+        assert!(
+            Settings::from_env(&with(&[
+                ("OUTBOX_TIME_BUDGET_SECS", "20"),
+                ("EVENTGRID_PUBLISH_TIMEOUT_MS", "5000"),
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn push_tail_linger_poll_and_rate_have_defaults_and_checks() {
+        let s = Settings::from_env(&with(&[])).unwrap();
+        assert!(s.relay.push && s.relay.tail);
+        assert_eq!(s.relay.linger, Duration::from_millis(5));
+        assert_eq!(s.relay.poll, Duration::from_secs(1));
+        assert_eq!(s.eventgrid.max_events_per_sec, None);
+        let s = Settings::from_env(&with(&[
+            ("OUTBOX_PUSH", "OFF"),
+            ("OUTBOX_TAIL", "false"),
+            ("OUTBOX_LINGER_MS", "0"),
+            ("EVENTGRID_MAX_EVENTS_PER_SEC", "5000"),
+        ]))
+        .unwrap();
+        assert!(!s.relay.push && !s.relay.tail);
+        assert_eq!(s.relay.linger, Duration::ZERO);
+        assert_eq!(s.eventgrid.max_events_per_sec.map(|n| n.get()), Some(5000));
+        for (name, bad) in [
+            ("OUTBOX_PUSH", "yes please"),
+            ("OUTBOX_LINGER_MS", "1001"),
+            ("OUTBOX_POLL_MS", "0"),
+            ("EVENTGRID_MAX_EVENTS_PER_SEC", "0"),
+        ] {
+            let e = Settings::from_env(&with(&[(name, bad)])).unwrap_err();
+            assert_eq!(e.setting, name, "{name}={bad}: {e}");
         }
     }
 

@@ -29,6 +29,17 @@ const MAX_BACKOFF: Limit = Limit {
     said: "604800 seconds (a week)",
 };
 
+/// `OUTBOX_LINGER_MS`: a push waits at most this long for more events to share its request.
+const MAX_LINGER: Limit = Limit {
+    max: Duration::from_secs(1),
+    said: "1000 milliseconds",
+};
+/// `OUTBOX_POLL_MS`: the tail's longest wait between two looks at the outbox.
+const MAX_POLL: Limit = Limit {
+    max: Duration::from_secs(3600),
+    said: "3600000 milliseconds (an hour)",
+};
+
 /// How the relay drains the outbox.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -46,6 +57,16 @@ pub struct RelaySettings {
     pub initial_backoff: Duration,
     /// Longest persisted retry delay.
     pub max_backoff: Duration,
+    /// `OUTBOX_PUSH`: a committed write hands its event to this process's publisher at once,
+    /// its entry held for it (one lease) so no other relay takes it meanwhile.
+    pub push: bool,
+    /// How long the push path waits for more events to share a request.
+    pub linger: Duration,
+    /// `OUTBOX_TAIL`: relay continuously (standalone), or for the whole budget of each timer
+    /// invocation (Functions), instead of one drain per schedule tick.
+    pub tail: bool,
+    /// The tail's longest wait between two drains when nothing woke it sooner.
+    pub poll: Duration,
 }
 
 impl RelaySettings {
@@ -102,6 +123,18 @@ impl RelaySettings {
                 "must not be longer than OUTBOX_MAX_BACKOFF_SECS",
             ));
         }
+        check_budget(time_budget, publish_timeout, lease)?;
+        let push = env.switch_or("OUTBOX_PUSH", true)?;
+        let linger = MAX_LINGER.check(
+            "OUTBOX_LINGER_MS",
+            Duration::from_millis(env.parse_or(
+                "OUTBOX_LINGER_MS",
+                5,
+                "a whole number of milliseconds",
+            )?),
+        )?;
+        let tail = env.switch_or("OUTBOX_TAIL", true)?;
+        let poll = env.millis_within("OUTBOX_POLL_MS", 1000, MAX_POLL)?;
         Ok(Self {
             batch_size,
             publish_concurrency,
@@ -110,8 +143,44 @@ impl RelaySettings {
             time_budget,
             initial_backoff,
             max_backoff,
+            push,
+            linger,
+            tail,
+            poll,
         })
     }
+
+    /// Time a drain must have left to claim a batch: one publish request, plus the margin kept
+    /// before a claim's lease ends.
+    #[must_use]
+    pub fn time_to_claim(&self, publish_timeout: Duration) -> Duration {
+        publish_timeout.saturating_add(self.lease / LEASE_MARGIN_DIVISOR)
+    }
+}
+
+/// Share of a lease kept free at its end: no request may still be running then, so that a
+/// slow response never overlaps another relay's claim of the same entries.
+pub const LEASE_MARGIN_DIVISOR: u32 = 10;
+
+/// A budget shorter than one publish (plus the lease margin) lets a run claim nothing at all:
+/// the outbox would silently never drain. Refused at start-up, naming both settings.
+fn check_budget(
+    budget: Duration,
+    publish_timeout: Duration,
+    lease: Duration,
+) -> Result<(), ConfigError> {
+    let needed = publish_timeout.saturating_add(lease / LEASE_MARGIN_DIVISOR);
+    if budget <= needed {
+        return Err(ConfigError::new(
+            "OUTBOX_TIME_BUDGET_SECS",
+            format!(
+                "must be longer than EVENTGRID_PUBLISH_TIMEOUT_MS ({} ms) plus a tenth of OUTBOX_LEASE_SECS ({} ms), or a run has no time to publish anything: raise it or lower EVENTGRID_PUBLISH_TIMEOUT_MS",
+                publish_timeout.as_millis(),
+                (lease / LEASE_MARGIN_DIVISOR).as_millis()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn nz(n: u32) -> NonZeroU32 {

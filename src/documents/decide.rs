@@ -11,6 +11,7 @@ use crate::config::MongoSettings;
 use crate::domain::change::{META_FIELD, change_data};
 use crate::domain::{EventId, EventTypes, NewDocument, Operation, OutboxEvent, Revision};
 use crate::outbox::idempotency::IdempotencyKey;
+use crate::outbox::store::Hold;
 use crate::outbox::write::{Change, Decision, DocumentChange, Refusal};
 
 /// A plan with what its events are named after: the [`Change`] the storage applies.
@@ -18,6 +19,9 @@ pub(super) struct Planned<'a> {
     pub(super) plan: &'a Plan,
     pub(super) settings: &'a MongoSettings,
     pub(super) event_types: &'a EventTypes,
+    /// The hold on the new entry when the push path publishes it (the same on every rerun of
+    /// the transaction).
+    pub(super) hold: Option<Hold>,
 }
 
 impl Change for Planned<'_> {
@@ -34,6 +38,10 @@ impl Change for Planned<'_> {
             .idempotency
             .as_ref()
             .map(|i| (&i.key, i.fingerprint.as_str()))
+    }
+
+    fn hold(&self) -> Option<Hold> {
+        self.hold
     }
 
     fn decide(&self, current: Option<&Document>) -> Result<Decision, Refusal> {
@@ -254,6 +262,7 @@ mod tests {
             plan,
             settings: &settings,
             event_types: &types,
+            hold: None,
         };
         planned.decide(current)
     }

@@ -41,11 +41,24 @@ impl OutboxTimer {
         self.time_budget
     }
 
-    /// Runs one drain within the time budget.
+    /// Runs one drain within the time budget (the standalone schedule and admin endpoint).
     pub async fn run(&self) -> RelayReport {
         self.relay
             .drain_once(self.time_budget, &self.shutdown)
             .await
+    }
+
+    /// One invocation by the Functions host: with `OUTBOX_TAIL=on` it relays for the whole
+    /// time budget (the host tracks nothing between invocations, so the invocation itself is
+    /// what relays: see [`Relay::tail`]); otherwise it is one drain.
+    pub async fn invoke(&self) -> RelayReport {
+        if self.relay.settings().tail {
+            self.relay
+                .tail(Some(self.time_budget), &self.shutdown)
+                .await
+        } else {
+            self.run().await
+        }
     }
 }
 
@@ -63,7 +76,7 @@ pub async fn envelope(State(timer): State<OutboxTimer>, body: axum::body::Bytes)
     if past_due {
         tracing::info!("Catch-up run after the host was idle or down (IsPastDue)");
     }
-    let report = timer.run().await;
+    let report = timer.invoke().await;
     let status = if report.made_progress() {
         StatusCode::OK
     } else {

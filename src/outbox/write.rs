@@ -21,7 +21,7 @@ use mongodb::bson::{Bson, Document};
 
 use super::Placement;
 use super::idempotency::{IdempotencyKey, Recorded};
-use super::store::Expiry;
+use super::store::{Expiry, Hold};
 use crate::db::DbError;
 use crate::domain::{EventId, Operation, OutboxEvent, Revision};
 
@@ -39,6 +39,12 @@ pub trait Change: Sync {
     /// The request's `Idempotency-Key` and fingerprint, when a key was sent: the answer is then
     /// recorded under it in the same transaction.
     fn idempotency(&self) -> Option<(&IdempotencyKey, &str)>;
+
+    /// The hold the write puts on its own new entry, when this process will publish the
+    /// event itself right after the commit (the push path); `None` leaves the entry due at once.
+    fn hold(&self) -> Option<Hold> {
+        None
+    }
 
     /// What to store, given the current document (`None` when there is none, or when
     /// [`Change::reads_current`] is false).

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backoff;
 pub mod batch;
 pub mod failure;
+pub mod rate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,6 +23,7 @@ use url::Url;
 pub use self::failure::{FailureKind, PublishFailure};
 
 use self::auth::{Auth, AuthError};
+use self::rate::RateLimit;
 use crate::config::{EventGridSettings, EventSchema};
 use crate::domain::OutboxEvent;
 
@@ -154,6 +156,8 @@ pub struct Publisher {
     source: Arc<str>,
     timeout: Duration,
     retries: u32,
+    /// `EVENTGRID_MAX_EVENTS_PER_SEC`, shared by every clone (so by every path of the process).
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -192,6 +196,9 @@ impl Publisher {
             source: settings.source.as_str().into(),
             timeout: settings.publish_timeout,
             retries: settings.publish_retries,
+            rate: settings
+                .max_events_per_sec
+                .map(|per_sec| Arc::new(RateLimit::new(per_sec))),
         })
     }
 
@@ -229,10 +236,14 @@ impl Publisher {
         }
     }
 
-    /// Sends one request whose body is a JSON array of events, and says what it means. With
-    /// Entra ID, a 401 gets one fresh token and one more try.
-    #[tracing::instrument(skip_all, fields(bytes = body.len()))]
-    pub async fn send(&self, body: Vec<u8>) -> Outcome {
+    /// Sends one request whose body is a JSON array of `events` events, and says what it
+    /// means; waits first for the rate limit (`EVENTGRID_MAX_EVENTS_PER_SEC`) if one is set.
+    /// With Entra ID, a 401 gets one fresh token and one more try.
+    #[tracing::instrument(skip_all, fields(bytes = body.len(), events))]
+    pub async fn send(&self, body: Vec<u8>, events: usize) -> Outcome {
+        if let Some(rate) = &self.rate {
+            rate.acquire(events).await;
+        }
         let body = bytes::Bytes::from(body);
         let first = self.send_once(body.clone(), false).await;
         match (&*self.auth, &first) {

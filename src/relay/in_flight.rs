@@ -29,6 +29,9 @@ pub(super) struct InFlight {
     pub(super) token: ClaimToken,
     /// End of the claim's lease.
     pub(super) lease_until: DateTime<Utc>,
+    /// Whether every entry is due exactly at `lease_until` (a range claim), so that the whole
+    /// claim can be marked published with one update over an index range.
+    pub(super) ranged: bool,
     /// No request may end after this: the earlier of the lease's end (minus a margin) and the
     /// run's deadline.
     pub(super) deadline: Instant,
@@ -92,7 +95,7 @@ impl InFlight {
             return;
         }
         let now = Utc::now();
-        let (expected, marked) = if accepted == self.entries.len() {
+        let (expected, marked) = if self.ranged && accepted == self.entries.len() {
             (
                 accepted,
                 self.store
@@ -148,7 +151,7 @@ impl InFlight {
             }
             let body = batch::body(self.rendered[range.clone()].iter().map(Vec::as_slice));
             report.requests += 1;
-            match self.publisher.send(body).await {
+            match self.publisher.send(body, range.len()).await {
                 Outcome::Published => {
                     report.accepted.push(range);
                     return Sent::Done;

@@ -29,7 +29,9 @@
 //! checked time arithmetic (a duration can be anything; adding it never panics).
 
 mod in_flight;
+mod push;
 mod report;
+mod tail;
 mod time;
 
 use std::sync::Arc;
@@ -45,7 +47,8 @@ pub use self::time::next_attempt_at;
 
 use self::in_flight::InFlight;
 use self::report::BatchReport;
-use self::time::{instant_after, millis};
+use self::time::{far_future, instant_after, millis};
+use crate::config::LEASE_MARGIN_DIVISOR;
 use crate::config::RelaySettings;
 use crate::db::DbError;
 use crate::outbox::Storage;
@@ -53,14 +56,10 @@ use crate::outbox::store::{Claim, Expiry, OutboxStore};
 use crate::publisher::Publisher;
 use crate::telemetry::chain;
 
-/// Share of a lease kept free at its end: no request may still be running then, so that a
-/// slow response never overlaps another relay's claim of the same entries.
-const LEASE_MARGIN_DIVISOR: u32 = 10;
-
 /// Drains the outbox. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    db: Arc<Storage>,
+    storage: Arc<Storage>,
     publisher: Publisher,
     settings: RelaySettings,
     /// `OUTBOX_ORDERING=subject`: hold back entries behind older ones of their subject.
@@ -100,13 +99,13 @@ enum Expired {
 }
 
 impl Relay {
-    /// A relay over `db`, publishing with `publisher`.
+    /// A relay over `storage`, publishing with `publisher`.
     #[must_use]
-    pub fn new(db: Arc<Storage>, publisher: Publisher, settings: RelaySettings) -> Self {
-        let ordered_by_subject = db.settings().ordered_by_subject;
-        let retention = db.settings().retention;
+    pub fn new(storage: Arc<Storage>, publisher: Publisher, settings: RelaySettings) -> Self {
+        let ordered_by_subject = storage.settings().ordered_by_subject;
+        let retention = storage.settings().retention;
         Self {
-            db,
+            storage,
             publisher,
             settings,
             ordered_by_subject,
@@ -159,7 +158,7 @@ impl Relay {
     /// The outbox store, and how expired data goes; the one place the relay reaches the
     /// database's set-up.
     async fn store(&self) -> Result<(OutboxStore, Expiry), DbError> {
-        let db = self.db.ready().await?;
+        let db = self.storage.ready().await?;
         Ok((db.store.clone(), db.expiry))
     }
 
@@ -304,6 +303,7 @@ impl Relay {
             settings: self.settings.clone(),
             token: claim.token,
             lease_until: claim.lease_until,
+            ranged: claim.ranged,
             deadline: instant_after(Instant::now(), lease_left)
                 .map_or(run_deadline, |end| run_deadline.min(end)),
             entries: claim.entries,
@@ -373,12 +373,6 @@ fn task_failure(e: JoinError) -> StopReason {
         }
         Err(_) => StopReason::Shutdown,
     }
-}
-
-/// A deadline that never comes (about thirty years away).
-fn far_future() -> Instant {
-    let now = Instant::now();
-    instant_after(now, Duration::from_secs(30 * 365 * 86_400)).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -58,7 +58,8 @@ pub struct RelayReport {
 
 impl RelayReport {
     /// Did the run achieve anything, or was there nothing to do? `false` means the run failed:
-    /// the database or the topic was unreachable or misconfigured, or a batch task panicked.
+    /// the database or the topic was unreachable or misconfigured, a batch task panicked, or
+    /// the budget ran out before the run could claim anything.
     #[must_use]
     pub fn made_progress(&self) -> bool {
         match &self.stopped {
@@ -68,6 +69,9 @@ impl RelayReport {
                 | StopReason::Database(_)
                 | StopReason::Panicked(_),
             ) => self.published + self.dead_lettered > 0,
+            // Out of time before claiming anything: whatever was due is still waiting, and a
+            // timer run that reported success would hide an outbox that never drains.
+            Some(StopReason::Budget) => self.claimed > 0,
             _ => true,
         }
     }
@@ -174,6 +178,22 @@ impl RelayReport {
     }
 
     /// Adds what one batch did.
+    /// Adds a later run's counts (the tail's many drains as one report). The stop reason is the
+    /// later run's: whether the tail ended healthy is what its last drain found.
+    pub(super) fn merge(&mut self, later: &Self) {
+        self.claimed += later.claimed;
+        self.published += later.published;
+        self.rescheduled += later.rescheduled;
+        self.dead_lettered += later.dead_lettered;
+        self.released += later.released;
+        self.deferred += later.deferred;
+        self.requests += later.requests;
+        self.purged += later.purged;
+        self.remaining = later.remaining.or(self.remaining);
+        self.max_lag_ms = self.max_lag_ms.max(later.max_lag_ms);
+        self.stopped.clone_from(&later.stopped);
+    }
+
     pub(super) fn add(&mut self, b: &BatchReport) {
         self.published += b.published;
         self.rescheduled += b.rescheduled;
@@ -181,6 +201,12 @@ impl RelayReport {
         self.released += b.released;
         self.requests += b.requests;
         self.max_lag_ms = self.max_lag_ms.max(b.max_lag_ms);
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
     }
 }
 
@@ -231,10 +257,19 @@ mod tests {
         let idle = RelayReport::default();
         assert!(idle.made_progress());
         let budget = RelayReport {
+            claimed: 5,
             stopped: Some(StopReason::Budget),
             ..RelayReport::default()
         };
         assert!(budget.made_progress());
+        let no_time = RelayReport {
+            stopped: Some(StopReason::Budget),
+            ..RelayReport::default()
+        };
+        assert!(
+            !no_time.made_progress(),
+            "out of time before claiming anything is a failed run"
+        );
         let db = RelayReport {
             stopped: Some(StopReason::Database("down".into())),
             ..RelayReport::default()
@@ -303,6 +338,7 @@ mod tests {
                 ..RelayReport::default()
             },
             RelayReport {
+                claimed: 1,
                 stopped: Some(StopReason::Budget),
                 ..RelayReport::default()
             },

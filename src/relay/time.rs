@@ -51,6 +51,12 @@ pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A deadline that never comes (about thirty years away).
+pub(super) fn far_future() -> Instant {
+    let now = Instant::now();
+    instant_after(now, Duration::from_secs(30 * 365 * 86_400)).unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::{NonZeroU32, NonZeroUsize};
@@ -66,6 +72,10 @@ mod tests {
             time_budget: Duration::from_secs(60),
             initial_backoff: Duration::from_millis(1),
             max_backoff,
+            push: false,
+            linger: Duration::from_millis(5),
+            tail: false,
+            poll: Duration::from_secs(1),
         }
     }
 

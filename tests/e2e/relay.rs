@@ -42,7 +42,7 @@ async fn seed_entries(db: &TestDb, n: usize, data_bytes: usize) -> Vec<String> {
             Utc::now(),
         );
         ids.push(event.id.to_string());
-        batch.push(store::new_entry(&event, "documents", &id, None));
+        batch.push(store::new_entry(&event, "documents", &id, None, None));
         if batch.len() == 1000 {
             db.outbox()
                 .insert_many(std::mem::take(&mut batch))

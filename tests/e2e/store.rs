@@ -38,7 +38,7 @@ fn entry(db: &TestDb, subject: &str, version: u64, at: DateTime<Utc>) -> (EventI
     );
     (
         event.id,
-        store::new_entry(&event, "documents", subject, None),
+        store::new_entry(&event, "documents", subject, None, None),
     )
 }
 

@@ -189,6 +189,7 @@ impl Transactional {
             &self.settings.collection,
             change.document_id(),
             shard_key(decision),
+            change.hold(),
         )
     }
 

@@ -48,6 +48,17 @@ impl std::fmt::Display for ClaimToken {
     }
 }
 
+/// A claim a write makes on its own new entry (the push path): the entry is born held by
+/// `token` until `until`, so no relay claims it while the writing process publishes it; if that
+/// process dies, the entry is due at `until` like any other and the sweeper takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// The pushing process's token; every later change by the push path is fenced on it.
+    pub token: ClaimToken,
+    /// When the hold runs out.
+    pub until: DateTime<Utc>,
+}
+
 /// Entries claimed together.
 #[derive(Debug)]
 pub struct Claim {
@@ -59,6 +70,10 @@ pub struct Claim {
     pub entries: Vec<ClaimedEntry>,
     /// Candidates another relay took between our read and our update.
     pub contended: usize,
+    /// Whether every entry's `due_at` is exactly `lease_until`, so the claim can be marked
+    /// published in one update over an index range. False for entries held by the writes that
+    /// made them (the push path), whose holds end at different times: they are marked by id.
+    pub ranged: bool,
 }
 
 /// Entries due at `now`: pending, and due at or before it (not held, not backing off).
@@ -135,6 +150,7 @@ impl OutboxStore {
                 lease_until,
                 entries: Vec::new(),
                 contended,
+                ranged: true,
             });
         }
         let entries = self.read_back(token, held_until).await?;
@@ -149,6 +165,7 @@ impl OutboxStore {
             lease_until,
             entries,
             contended,
+            ranged: true,
         })
     }
 

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::claim::Hold;
 use crate::domain::{EventId, OutboxEvent};
 use crate::outbox::{ClaimedEntry, EntryStatus, LastError};
 
 /// The outbox entry for `event`, to insert in the same transaction as the change it
-/// announces. Its `_id` is the event id. `shard_key` (name and value) is copied from the
+/// announces. Its `_id` is the event id. With a `hold` (the push path) it is born claimed by
+/// the writing process until the hold ends; without one it is due at once. `shard_key` (name and value) is copied from the
 /// document onto the entry so both land in one partition of a sharded collection.
 #[must_use]
 pub fn new_entry(
@@ -23,14 +25,15 @@ pub fn new_entry(
     collection: &str,
     document_id: &str,
     shard_key: Option<(&str, &Bson)>,
+    hold: Option<Hold>,
 ) -> Document {
     let created = bson_time(event.event_time);
     let entry = NewEntry {
         id: id_bson(&event.id),
         state: NewState {
             status: EntryStatus::Pending.as_str(),
-            due_at: created,
-            lease_token: None,
+            due_at: hold.map_or(created, |h| bson_time(h.until)),
+            lease_token: hold.map(|h| h.token.bson()),
             attempts: 0,
             claims: 0,
             created_at: created,
@@ -74,7 +77,7 @@ struct NewEntry<'a> {
 struct NewState<'a> {
     status: &'static str,
     due_at: bson::DateTime,
-    /// Null: no claim holds a new entry.
+    /// Null unless the write holds its entry for the push path.
     lease_token: Option<Bson>,
     attempts: i32,
     claims: i32,
@@ -264,7 +267,7 @@ mod tests {
         ));
         let shard = Bson::String("tenant-1".into());
 
-        let entry = new_entry(&e, "documents", "d-1", Some(("tenant", &shard)));
+        let entry = new_entry(&e, "documents", "d-1", Some(("tenant", &shard)), None);
 
         let t = bson::DateTime::from_millis(1_700_000_000_123);
         let expected = doc! {
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_new_entry_without_sequence_or_traceparent_stores_neither() {
-        let entry = new_entry(&event(), "documents", "d-1", None);
+        let entry = new_entry(&event(), "documents", "d-1", None, None);
 
         let ev = entry
             .get_document(ROOT)
@@ -311,7 +314,7 @@ mod tests {
     /// The paths queries use name fields `new_entry` writes.
     #[test]
     fn query_paths_name_fields_of_a_new_entry() {
-        let entry = new_entry(&event().with_sequence(1), "documents", "d-1", None);
+        let entry = new_entry(&event().with_sequence(1), "documents", "d-1", None, None);
         for path in [
             field::ID,
             field::STATUS,
@@ -347,7 +350,7 @@ mod tests {
     #[test]
     fn the_claimed_row_reads_back_what_new_entry_wrote() {
         let e = event().with_sequence(3);
-        let entry = new_entry(&e, "documents", "d-1", None);
+        let entry = new_entry(&e, "documents", "d-1", None, None);
 
         let row: Row<ClaimState> = bson::from_document(entry).unwrap();
         let claimed = row.into_entry().unwrap();

@@ -53,16 +53,18 @@ mod indexes;
 mod operator;
 mod ordering;
 mod retention;
+mod watch;
 
 use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
-pub use claim::{Claim, ClaimToken};
+pub use claim::{Claim, ClaimToken, Hold};
 pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
 pub use indexes::{Expiry, ensure_indexes};
 pub use operator::DeadLetter;
+pub use watch::NewEntries;
 
 use crate::db::DbError;
 

@@ -1,0 +1,123 @@
+//! The tail: relaying continuously instead of once per schedule tick.
+//!
+//! [`Relay::tail`] runs drains back to back for as long as it is given — until shutdown in
+//! standalone mode, for the whole budget of one timer invocation under the Functions host
+//! (background work between invocations is not tracked by the host, so the invocation itself
+//! is what relays there). Between drains it waits for a reason to look again:
+//!
+//! - a new entry nobody holds (written without the push path, or by another application),
+//!   reported by a change stream on the entries' collection where the server has one;
+//! - `OUTBOX_POLL_MS` passing — the sweeper's beat, and the only wake-up where there is no
+//!   change stream (Cosmos DB RU refuses this stream's shape): entries whose hold or backoff
+//!   ended, requeued dead letters, entries whose push failed.
+//!
+//! Entries this process's writes push (see [`crate::push`]) do not need the tail at all; it is
+//! the safety net for everything else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Relay;
+use super::report::RelayReport;
+use super::time::{far_future, instant_after, millis};
+use crate::outbox::Storage;
+use crate::telemetry::chain;
+
+/// Wait before opening a change stream again after it failed or was refused.
+const REOPEN_AFTER: Duration = Duration::from_secs(30);
+
+impl Relay {
+    /// Relays until `shutdown`, or for `budget` when one is given; returns what all its drains
+    /// did together (the stop reason is the last drain's). Stops early enough that no drain
+    /// outlives the budget: a drain never starts with less time left than one publish needs.
+    pub async fn tail(
+        &self,
+        budget: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> RelayReport {
+        let started = Instant::now();
+        let end = budget
+            .and_then(|b| instant_after(started, b))
+            .unwrap_or_else(far_future);
+        let wake = Arc::new(Notify::new());
+        let watching = shutdown.child_token();
+        let watcher = tokio::spawn(watch(
+            Arc::clone(&self.storage),
+            Arc::clone(&wake),
+            watching.clone(),
+        ));
+        let mut total = RelayReport::default();
+        let needed = self.settings.time_to_claim(self.publisher.timeout());
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left <= needed || shutdown.is_cancelled() {
+                break;
+            }
+            let run = self
+                .drain_once(left.min(self.settings.time_budget), shutdown)
+                .await;
+            total.merge(&run);
+            // A drain that stopped on its own budget left work: go on at once. Otherwise
+            // nothing is due (or the topic or database failed: do not spin) until woken.
+            if run.stopped == Some(super::StopReason::Budget) && run.made_progress() {
+                continue;
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.settings.poll) => {}
+                () = tokio::time::sleep_until(end) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        watching.cancel();
+        let _ = watcher.await;
+        total.duration_ms = millis(started.elapsed());
+        total
+    }
+}
+
+/// Wakes the tail for every new unheld entry while a change stream can be had; retries one
+/// every [`REOPEN_AFTER`] otherwise. Says once why it polls instead.
+async fn watch(storage: Arc<Storage>, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut told = false;
+    loop {
+        let opened = match storage.ready().await {
+            Ok(ready) => ready.store.watch_new_unheld().await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(mut stream) => {
+                tracing::debug!("Watching the outbox for entries nobody holds");
+                told = false;
+                loop {
+                    tokio::select! {
+                        next = stream.next() => match next {
+                            Ok(()) => wake.notify_one(),
+                            Err(e) => {
+                                tracing::warn!(error = %chain(&e), "The outbox change stream failed; polling until it is open again");
+                                break;
+                            }
+                        },
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }
+            Err(e) if !told => {
+                tracing::info!(
+                    error = %chain(&e),
+                    "No change stream on the outbox here; new entries nobody holds are found every OUTBOX_POLL_MS"
+                );
+                told = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REOPEN_AFTER) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
