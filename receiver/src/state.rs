@@ -77,6 +77,9 @@ pub struct RequestRecord {
     pub detail_code: Option<String>,
     /// The `x-ms-request-id` sent (or that would have been sent).
     pub request_id: String,
+    /// When the request was decided (its events recorded, for an accepted one), in
+    /// milliseconds since the Unix epoch: what latency and rate measurements read.
+    pub decided_at_ms: u64,
 }
 
 /// Counters since start or the last reset, as [`crate::ReceiverHandle::stats`] and
@@ -354,8 +357,16 @@ impl Recorded {
                 body_bytes: decided.body_bytes,
                 detail_code: decided.detail_code.map(str::to_owned),
                 request_id: decided.request_id.clone(),
+                decided_at_ms: now_ms(),
             });
         }
         seq
     }
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

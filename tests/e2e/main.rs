@@ -22,6 +22,7 @@ mod make_run;
 mod openapi;
 mod ops;
 mod ordering;
+mod push;
 mod relay;
 mod settings_sync;
 mod shutdown;

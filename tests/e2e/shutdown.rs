@@ -78,7 +78,7 @@ async fn sigterm_during_a_long_drain_exits_within_the_grace_and_loses_no_entry()
     );
     assert!(status.success(), "{status}:\n{output}");
     assert!(
-        output.contains("drain did not finish"),
+        output.contains("did not finish within the shutdown grace"),
         "the cut-short drain is logged:\n{output}"
     );
     assert_eq!(

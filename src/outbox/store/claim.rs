@@ -7,57 +7,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
-use uuid::Uuid;
 
 use super::OutboxStore;
-use super::entry::{ClaimState, IdRow, Row, after, bson_time, error_doc, ids_bson, uuid_bson};
+use super::entry::{ClaimState, IdRow, Row, after, bson_time, error_doc, ids_bson};
 use super::fields::{claim_order, field};
+pub use super::token::{ClaimToken, Hold};
 use crate::db::DbError;
 use crate::domain::EventId;
 use crate::outbox::{ClaimedEntry, EntryStatus, LastError};
 
 /// Failures kept in an entry's history.
 const HISTORY_LEN: i32 = 10;
-
-/// Identifies one claim; every change under the claim is conditional on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClaimToken(Uuid);
-
-impl ClaimToken {
-    /// A fresh token.
-    #[must_use]
-    pub fn new() -> Self {
-        Self(Uuid::new_v4())
-    }
-
-    /// The stored form (`lease_token`).
-    pub(super) fn bson(self) -> Bson {
-        uuid_bson(&self.0)
-    }
-}
-
-impl Default for ClaimToken {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl std::fmt::Display for ClaimToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A claim a write makes on its own new entry (the push path): the entry is born held by
-/// `token` until `until`, so no relay claims it while the writing process publishes it; if that
-/// process dies, the entry is due at `until` like any other and the sweeper takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hold {
-    /// The pushing process's token; every later change by the push path is fenced on it.
-    pub token: ClaimToken,
-    /// When the hold runs out.
-    pub until: DateTime<Utc>,
-}
 
 /// Entries claimed together.
 #[derive(Debug)]

@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::spec::BinarySubtype;
-use mongodb::bson::{self, Binary, Bson, Document};
+use mongodb::bson::{self, Bson, Document};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::claim::Hold;
+use super::token::{Hold, uuid_bson};
 use crate::domain::{EventId, OutboxEvent};
 use crate::outbox::{ClaimedEntry, EntryStatus, LastError};
 
@@ -205,14 +204,6 @@ impl Row<ClaimState> {
     }
 }
 
-/// A UUID as BSON binary of the UUID subtype.
-pub(super) fn uuid_bson(u: &Uuid) -> Bson {
-    Bson::Binary(Binary {
-        subtype: BinarySubtype::Uuid,
-        bytes: u.as_bytes().to_vec(),
-    })
-}
-
 /// An event id as the entry's `_id`.
 pub(super) fn id_bson(id: &EventId) -> Bson {
     uuid_bson(id.as_uuid())
@@ -244,7 +235,8 @@ pub(super) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 #[cfg(test)]
 mod tests {
-    use mongodb::bson::doc;
+    use mongodb::bson::spec::BinarySubtype;
+    use mongodb::bson::{Binary, doc};
 
     use super::super::{ROOT, field};
     use super::*;
@@ -309,6 +301,23 @@ mod tests {
         assert!(!ev.contains_key("sequence"));
         assert!(!ev.contains_key("traceparent"));
         assert_eq!(entry.keys().collect::<Vec<_>>(), ["_id", ROOT]);
+    }
+
+    #[test]
+    fn a_held_new_entry_is_due_when_its_hold_ends_and_carries_the_token() {
+        let e = event();
+        let token = super::super::ClaimToken::new();
+        let until = e.event_time + chrono::Duration::seconds(60);
+        let entry = new_entry(&e, "documents", "d-1", None, Some(Hold { token, until }));
+        let state = entry.get_document(ROOT).unwrap();
+        assert_eq!(state.get_str("status").unwrap(), "pending");
+        assert_eq!(state.get_datetime("due_at").unwrap(), &bson_time(until));
+        assert_eq!(state.get("lease_token"), Some(&token.bson()));
+        assert_eq!(
+            state.get_datetime("created_at").unwrap(),
+            &bson_time(e.event_time),
+            "the hold does not change when the change was written"
+        );
     }
 
     /// The paths queries use name fields `new_entry` writes.

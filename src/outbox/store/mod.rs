@@ -53,6 +53,7 @@ mod indexes;
 mod operator;
 mod ordering;
 mod retention;
+mod token;
 mod watch;
 
 use mongodb::bson::Document;

@@ -1,0 +1,385 @@
+//! The push path and the tail: events published without a timer run, what a killed handler
+//! leaves behind, several instances at once, the tailing timer invocation, the rate limit.
+//!
+//! Latency is measured by `make bench` (the `latency` scenario), never asserted here; the
+//! waits below only bound how long a test may take.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use outbox_relay::domain::{EventId, OutboxEvent};
+use outbox_relay::outbox::store;
+use serde_json::Value;
+
+use crate::support::{ClientRequest, Handler, TestDb, app_settings, receiver};
+
+/// Push on, tail off, a schedule that never fires: only the push path can publish.
+const PUSH_ONLY: &[(&str, &str)] = &[
+    ("OUTBOX_PUSH", "on"),
+    ("OUTBOX_TAIL", "off"),
+    ("OUTBOX_SCHEDULE", "0 0 0 1 1 *"),
+];
+
+/// Short leases, so that an entry whose pusher died is due again within seconds.
+const SHORT_LEASE: &[(&str, &str)] = &[
+    ("EVENTGRID_PUBLISH_TIMEOUT_MS", "1000"),
+    ("OUTBOX_LEASE_SECS", "2"),
+    ("OUTBOX_TIME_BUDGET_SECS", "20"),
+];
+
+fn with<'a>(parts: &[&[(&'a str, &'a str)]]) -> Vec<(&'a str, &'a str)> {
+    let mut all: BTreeMap<&str, &str> = BTreeMap::new();
+    for part in parts {
+        all.extend(part.iter().copied());
+    }
+    all.into_iter().collect()
+}
+
+async fn post(handler: &Handler, id: &str) -> String {
+    let res = handler
+        .http()
+        .post(handler.url("/api/documents"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"_id":"{id}","n":1}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", handler.output());
+    let body: Value = res.json().await.unwrap();
+    body["eventId"].as_str().unwrap().to_owned()
+}
+
+/// An entry written straight into the outbox by "another application": due now, held by no
+/// one. Returns its event id.
+async fn insert_unheld(db: &TestDb, id: &str) -> String {
+    let event = OutboxEvent::new(
+        EventId::for_change("other", "documents", id, "L", 1),
+        format!("documents/{id}"),
+        "Other.DocumentCreated".into(),
+        "1.0".into(),
+        serde_json::value::RawValue::from_string(format!(r#"{{"id":"{id}"}}"#)).unwrap(),
+        chrono::Utc::now(),
+    );
+    db.outbox()
+        .insert_one(store::new_entry(&event, "documents", id, None, None))
+        .await
+        .unwrap();
+    event.id.to_string()
+}
+
+fn accepted(rx: &receiver::RunningReceiver) -> BTreeSet<String> {
+    rx.handle().accepted_ids().into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_committed_event_is_pushed_without_any_drain() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let handler = Handler::standalone(&app_settings(&db, &rx, PUSH_ONLY)).await;
+
+    let mut written = BTreeSet::new();
+    for i in 0..20 {
+        written.insert(post(&handler, &format!("push-{i}")).await);
+    }
+
+    assert!(
+        rx.handle()
+            .wait_for_events(20, Duration::from_secs(15))
+            .await,
+        "only the push path runs here, and it published nothing:\n{}",
+        handler.output()
+    );
+    assert_eq!(accepted(&rx), written);
+    assert_eq!(rx.handle().stats().duplicate_deliveries, 0);
+    // The entries were marked published by the push path: nothing is left for a drain.
+    for _ in 0..50 {
+        if db.count_entries_with("published").await == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(db.count_entries_with("published").await, 20);
+    assert_eq!(db.count_entries_with("pending").await, 0);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_handler_killed_between_commit_and_publish_loses_nothing() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    // Every publish hangs past its timeout: the pushes are in flight when the kill lands.
+    rx.handle().set_latency(Some(Duration::from_secs(3)));
+    let mut first =
+        Handler::standalone(&app_settings(&db, &rx, &with(&[PUSH_ONLY, SHORT_LEASE]))).await;
+    let mut written = BTreeSet::new();
+    for i in 0..10 {
+        written.insert(post(&first, &format!("kill-{i}")).await);
+    }
+    first.kill().await;
+    let held = db.count_entries_with("pending").await;
+    assert_eq!(
+        held, 10,
+        "every committed entry is still pending after the kill"
+    );
+    rx.handle().set_latency(None);
+
+    // Another instance's tail takes them once their holds end.
+    let second = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &with(&[
+            SHORT_LEASE,
+            &[("OUTBOX_TAIL", "on"), ("OUTBOX_POLL_MS", "200")],
+        ]),
+    ))
+    .await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !written.is_subset(&accepted(&rx)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = accepted(&rx);
+    let lost: Vec<_> = written.difference(&got).collect();
+    assert!(lost.is_empty(), "lost {lost:?}:\n{}", second.output());
+    assert!(got.is_subset(&written), "only written events are published");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    // The poll is a minute away: only the change stream can wake the tail within the test.
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_TAIL", "on"),
+            ("OUTBOX_POLL_MS", "60000"),
+            ("RUST_LOG", "info,outbox_relay::relay=debug"),
+        ],
+    ))
+    .await;
+    // The tail's first drain (at start) found nothing; wait until it watches.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !handler.output().contains("Watching the outbox") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail never opened its change stream:\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let id = insert_unheld(&db, "other-app-1").await;
+
+    assert!(
+        rx.handle()
+            .wait_for_events(1, Duration::from_secs(20))
+            .await,
+        "the change stream did not wake the tail:\n{}",
+        handler.output()
+    );
+    assert_eq!(rx.handle().accepted_ids(), vec![id]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn two_pushing_instances_and_their_tails_publish_every_event_once() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let settings = app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_PUSH", "on"),
+            ("OUTBOX_TAIL", "on"),
+            ("OUTBOX_POLL_MS", "100"),
+        ],
+    );
+    let a = Handler::standalone(&settings).await;
+    let b = Handler::standalone(&settings).await;
+
+    let writes = (0..60).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        async move { post(target, &format!("two-{i}")).await }
+    });
+    let written: BTreeSet<String> = futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .collect();
+
+    assert!(
+        rx.handle()
+            .wait_for_events(60, Duration::from_secs(20))
+            .await,
+        "{}\n{}",
+        a.output(),
+        b.output()
+    );
+    // Give a wrongly doubled publish time to arrive before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(accepted(&rx), written);
+    assert_eq!(
+        rx.handle().stats().duplicate_deliveries,
+        0,
+        "no fault, so no duplicate"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_tailing_timer_invocation_relays_until_its_budget_and_returns_in_time() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let handler = Handler::functions(&app_settings(
+        &db,
+        &rx,
+        &with(&[
+            SHORT_LEASE,
+            &[
+                ("OUTBOX_TAIL", "on"),
+                ("OUTBOX_PUSH", "on"),
+                ("OUTBOX_POLL_MS", "200"),
+                ("OUTBOX_TIME_BUDGET_SECS", "6"),
+            ],
+        ]),
+    ))
+    .await;
+
+    // A write through the host's envelope is pushed with no timer run at all.
+    let res = handler
+        .write(&ClientRequest::post_json(r#"{"_id":"fn-1"}"#))
+        .await;
+    assert_eq!(res.status, 201, "{:?}", res.body);
+    assert!(
+        rx.handle()
+            .wait_for_events(1, Duration::from_secs(10))
+            .await,
+        "{}",
+        handler.output()
+    );
+
+    let started = tokio::time::Instant::now();
+    let tick = handler.try_tick(false, Some(Duration::from_secs(30)));
+    let others = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = insert_unheld(&db, "during-1").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = insert_unheld(&db, "during-2").await;
+        (first, second)
+    };
+    let (answer, (first, second)) = tokio::join!(tick, others);
+    let took = started.elapsed();
+    let answer = answer.expect("the invocation answered");
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(
+        took <= Duration::from_secs(6),
+        "the invocation must end within its 6 s budget, took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "it relays for its budget rather than returning after one drain, took {took:?}"
+    );
+    let got = accepted(&rx);
+    assert!(got.contains(&first) && got.contains(&second), "{got:?}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_host_killing_the_handler_mid_invocation_loses_nothing() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let settings = app_settings(
+        &db,
+        &rx,
+        &with(&[
+            SHORT_LEASE,
+            &[
+                ("OUTBOX_TAIL", "on"),
+                ("OUTBOX_POLL_MS", "200"),
+                ("OUTBOX_TIME_BUDGET_SECS", "10"),
+                ("OUTBOX_BATCH_SIZE", "5"),
+            ],
+        ]),
+    );
+    let mut ids = BTreeSet::new();
+    for i in 0..30 {
+        ids.insert(insert_unheld(&db, &format!("mid-{i}")).await);
+    }
+    rx.handle().set_latency(Some(Duration::from_millis(400)));
+    let mut first = Handler::functions(&settings).await;
+    let tick = first.try_tick(false, Some(Duration::from_secs(30)));
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        first.sigkill();
+    };
+    let (answer, ()) = tokio::join!(tick, kill);
+    assert!(answer.is_err(), "the kill cut the invocation short");
+    first.kill().await;
+    rx.handle().set_latency(None);
+
+    let second = Handler::functions(&settings).await;
+    let answer = second.tick().await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let got = accepted(&rx);
+    let lost: Vec<_> = ids.difference(&got).collect();
+    assert!(lost.is_empty(), "lost {lost:?}:\n{}", second.output());
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_spreads_a_burst_at_the_receiver() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    for i in 0..300 {
+        insert_unheld(&db, &format!("rate-{i}")).await;
+    }
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_SCHEDULE", "0 0 0 1 1 *"),
+            ("OUTBOX_BATCH_SIZE", "10"),
+            ("EVENTGRID_MAX_EVENTS_PER_SEC", "100"),
+        ],
+    ))
+    .await;
+
+    let res = handler
+        .http()
+        .post(handler.url("/admin/functions/OutboxTimer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let requests = rx.handle().requests();
+    let events: u64 = requests
+        .iter()
+        .map(|r| r.event_count.unwrap_or(0) as u64)
+        .sum();
+    assert_eq!(events, 300);
+    // A bucket of one second's events: no second-long window may see more than the bucket
+    // plus one second of refill.
+    for (i, start) in requests.iter().enumerate() {
+        let in_window: u64 = requests[i..]
+            .iter()
+            .take_while(|r| r.decided_at_ms < start.decided_at_ms + 1000)
+            .map(|r| r.event_count.unwrap_or(0) as u64)
+            .sum();
+        assert!(
+            in_window <= 200,
+            "{in_window} events within one second from request {}",
+            start.seq
+        );
+    }
+    let span = requests.last().unwrap().decided_at_ms - requests[0].decided_at_ms;
+    assert!(
+        span >= 1800,
+        "300 events at 100/s after a 100-event burst take about 2 s, took {span} ms"
+    );
+    db.drop().await;
+}
