@@ -20,6 +20,7 @@ mod lifecycle;
 mod openapi;
 mod ops;
 mod ordering;
+mod read_document;
 mod relay;
 mod standalone;
 mod store;
