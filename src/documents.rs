@@ -17,10 +17,17 @@
 //! Retries are safe: the event id is derived from the revision being written, a client-chosen
 //! id cannot be created twice, and a replay under the same `Idempotency-Key` returns the first
 //! answer without writing.
+//!
+//! Reading a document back (`read.rs`: validate the id → read through the storage → the
+//! document with its revision, or [`ReadError`]) writes nothing.
 
 mod decide;
+mod meta;
 mod plan;
+mod read;
 mod retry;
+
+pub use read::{Read, ReadError, ReadRequest};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,8 +124,14 @@ pub enum WriteError {
     #[error("there is no document with _id {0}")]
     NotFound(DocumentId),
     /// `If-Match` / `If-None-Match` did not hold.
-    #[error("precondition failed: {0}")]
-    PreconditionFailed(&'static str),
+    #[error("precondition failed: {reason}")]
+    PreconditionFailed {
+        /// Which precondition, and why, in words for the client.
+        reason: String,
+        /// The document's current revision, when it exists and has one: a client can retry
+        /// with it (a 412 carries it as the `ETag`).
+        current: Option<Revision>,
+    },
     /// The `Idempotency-Key` was used before for a different request.
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
@@ -288,7 +301,9 @@ fn unavailable(source: Option<DbError>) -> WriteError {
 fn refusal_error(r: Refusal, id: &DocumentId) -> WriteError {
     match r {
         Refusal::NotFound => WriteError::NotFound(id.clone()),
-        Refusal::PreconditionFailed(why) => WriteError::PreconditionFailed(why),
+        Refusal::PreconditionFailed { reason, current } => {
+            WriteError::PreconditionFailed { reason, current }
+        }
         Refusal::Conflict => WriteError::Conflict(id.clone()),
     }
 }

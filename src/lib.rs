@@ -9,7 +9,7 @@
 //! - [`db`] — the MongoDB client and driver-error classification; a leaf.
 //! - [`outbox`] — storage of documents' changes with their outbox entries: the placement
 //!   (chosen once), the write side ([`outbox::write`]), the relay side ([`outbox::store`]).
-//! - [`documents`] — use case: a document and its outbox entry, atomically.
+//! - [`documents`] — use case: a document and its outbox entry, atomically; reading it back.
 //! - [`publisher`] — Event Grid requests: batching, auth, response classification, backoff.
 //! - [`relay`] — use case: drain due entries to Event Grid, at least once.
 //! - [`functions`] — adapters: the host's envelopes and raw HTTP, one module per function;

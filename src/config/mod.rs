@@ -3,7 +3,8 @@
 //! Every setting is an upper snake case name with an area prefix, exactly as it appears in
 //! `local.settings.json` and in the Function App's application settings. Values become typed
 //! (`Duration`, `NonZeroU32`, `Url`, enums) here and nowhere else; a bad value stops start-up
-//! with a [`ConfigError`] that names the setting. The loaders take a lookup function, so tests
+//! with a [`ConfigError`] that names the setting, and missing required settings stop it with
+//! one [`SettingsError::Missing`] that names them all. The loaders take a lookup function, so tests
 //! pass a map instead of mutating the process environment.
 //!
 //! One file per area: `mongo.rs` (where the data lives), `eventgrid.rs` (the topic),
@@ -75,6 +76,22 @@ pub struct ConfigError {
     /// What is wrong with it.
     pub reason: String,
 }
+
+/// Why [`Settings::from_env`] cannot give settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Required settings are not set: every one of them, so that a first start reports them
+    /// all at once rather than one per attempt.
+    #[error("{} not set: {}", if .0.len() == 1 { "a required setting is" } else { "required settings are" }, .0.join(", "))]
+    Missing(Vec<&'static str>),
+    /// A setting has a value that cannot be used (the first one found).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// The settings [`Settings::from_env`] cannot do without, whatever the mode (`handler serve`
+/// and the Functions host alike).
+pub const REQUIRED: [&str; 2] = ["MONGODB_URI", "EVENTGRID_TOPIC_ENDPOINT"];
 
 impl ConfigError {
     fn new(setting: &'static str, reason: impl Into<String>) -> Self {
@@ -274,8 +291,21 @@ impl Settings {
     /// Reads every setting.
     ///
     /// # Errors
-    /// The first setting that is missing or bad.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    /// [`SettingsError::Missing`] naming every [`REQUIRED`] setting that is not set, else
+    /// [`SettingsError::Invalid`] for the first bad value.
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let missing: Vec<&'static str> = REQUIRED
+            .into_iter()
+            .filter(|name| env.get(name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(SettingsError::Missing(missing));
+        }
+        Ok(Self::from_complete_env(env)?)
+    }
+
+    /// [`Settings::from_env`] once every required setting is known to be set.
+    fn from_complete_env(env: &Env) -> Result<Self, ConfigError> {
         let mongodb = MongoSettings::from_env(env)?;
         let eventgrid = EventGridSettings::from_env(env)?;
         let relay = RelaySettings::from_env(env, eventgrid.publish_timeout)?;
@@ -404,7 +434,15 @@ mod tests {
     }
 
     fn err(extra: &[(&'static str, &'static str)]) -> ConfigError {
-        Settings::from_env(&with(extra)).unwrap_err()
+        invalid(Settings::from_env(&with(extra)))
+    }
+
+    /// The bad value a load stopped at.
+    fn invalid(loaded: Result<Settings, SettingsError>) -> ConfigError {
+        match loaded {
+            Err(SettingsError::Invalid(e)) => e,
+            other => panic!("expected a bad value, got {other:?}"),
+        }
     }
 
     #[test]
@@ -432,12 +470,33 @@ mod tests {
 
     #[test]
     fn missing_required_settings_are_named() {
-        for name in ["MONGODB_URI", "EVENTGRID_TOPIC_ENDPOINT"] {
+        for name in REQUIRED {
             let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
             let e = Settings::from_env(&env(&pairs)).unwrap_err();
-            assert_eq!(e.setting, name);
-            assert!(e.to_string().contains(name), "{e}");
+            assert!(
+                matches!(&e, SettingsError::Missing(m) if m == &[name]),
+                "{e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!("a required setting is not set: {name}")
+            );
         }
+    }
+
+    #[test]
+    fn every_missing_required_setting_is_named_at_once() {
+        // A blank value counts as unset; a bad value elsewhere waits until they are set.
+        let e = Settings::from_env(&env(&[("MONGODB_URI", "  "), ("OUTBOX_BATCH_SIZE", "0")]))
+            .unwrap_err();
+        assert!(
+            matches!(&e, SettingsError::Missing(m) if m == &REQUIRED),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "required settings are not set: MONGODB_URI, EVENTGRID_TOPIC_ENDPOINT"
+        );
     }
 
     #[test]
@@ -498,7 +557,7 @@ mod tests {
             .copied()
             .chain([("EVENTGRID_CREDENTIAL", "password")])
             .collect();
-        let e = Settings::from_env(&env(&bad)).unwrap_err();
+        let e = invalid(Settings::from_env(&env(&bad)));
         assert_eq!(e.setting, "EVENTGRID_CREDENTIAL");
         let with_key = Settings::from_env(&with(&[])).unwrap();
         assert!(matches!(with_key.eventgrid.auth, EventGridAuth::Key(_)));
@@ -573,7 +632,7 @@ mod tests {
             for bad in [over, "18446744073709551615"] {
                 let mut pairs: Vec<(&str, &str)> = others.to_vec();
                 pairs.push((name, bad));
-                let e = Settings::from_env(&with(&pairs)).unwrap_err();
+                let e = invalid(Settings::from_env(&with(&pairs)));
                 assert_eq!(e.setting, name, "{name}={bad}: {e}");
                 assert!(e.reason.starts_with("must be at most"), "{name}={bad}: {e}");
             }
@@ -584,7 +643,7 @@ mod tests {
     fn a_budget_too_short_for_one_publish_is_refused_naming_both_settings() {
         // The defect this guards: a 20 s budget with the default 30 s publish timeout let
         // every run claim nothing and still answer 200.
-        let e = Settings::from_env(&with(&[("OUTBOX_TIME_BUDGET_SECS", "20")])).unwrap_err();
+        let e = err(&[("OUTBOX_TIME_BUDGET_SECS", "20")]);
         assert_eq!(e.setting, "OUTBOX_TIME_BUDGET_SECS");
         assert!(e.reason.contains("EVENTGRID_PUBLISH_TIMEOUT_MS"), "{e}");
         // 30 s publish + 6 s (a tenth of the 60 s lease) is the floor.
@@ -622,7 +681,7 @@ mod tests {
             ("OUTBOX_POLL_MS", "0"),
             ("EVENTGRID_MAX_EVENTS_PER_SEC", "0"),
         ] {
-            let e = Settings::from_env(&with(&[(name, bad)])).unwrap_err();
+            let e = err(&[(name, bad)]);
             assert_eq!(e.setting, name, "{name}={bad}: {e}");
         }
     }

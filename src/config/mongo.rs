@@ -6,6 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::{ConfigError, Env, ttl_hours};
+use crate::domain::document::RESERVED_FIELDS;
 
 /// Where outbox entries live, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,20 +116,24 @@ impl MongoSettings {
     }
 }
 
-/// `MONGODB_SHARD_KEY`: a top-level field name the entries can carry.
+/// `MONGODB_SHARD_KEY`: a top-level field name the entries can carry. Never a reserved one:
+/// the value is copied onto entries and idempotency records, whose roots those names are, and
+/// documents may not have them.
 fn shard_key_from_env(env: &Env) -> Result<Option<String>, ConfigError> {
     let shard_key = env.get("MONGODB_SHARD_KEY");
     if let Some(key) = &shard_key
         && (key.starts_with('$')
             || key.contains('.')
             || key == "_id"
-            || key.starts_with("_outbox")
-            || key == "_meta"
+            || RESERVED_FIELDS.contains(&key.as_str())
             || key.chars().any(char::is_control))
     {
         return Err(ConfigError::new(
             "MONGODB_SHARD_KEY",
-            "must be a top-level field name other than _id (no '$', no '.', not _outbox/_meta)",
+            format!(
+                "must be a top-level field name other than _id (no '$', no '.', not {})",
+                RESERVED_FIELDS.join("/")
+            ),
         ));
     }
     Ok(shard_key)
@@ -167,4 +172,28 @@ fn check_name(setting: &'static str, name: &str, forbidden: &[char]) -> Result<(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_key(value: &str) -> Result<Option<String>, ConfigError> {
+        shard_key_from_env(&Env::from_map(
+            [("MONGODB_SHARD_KEY".to_owned(), value.to_owned())].into(),
+        ))
+    }
+
+    #[test]
+    fn the_shard_key_is_never_a_reserved_field() {
+        for reserved in RESERVED_FIELDS {
+            let e = shard_key(reserved).unwrap_err();
+            assert_eq!(e.setting, "MONGODB_SHARD_KEY", "{reserved}");
+            assert!(e.reason.contains(reserved), "{e}");
+        }
+        for bad in ["_id", "$tenant", "a.b", "a\u{1}"] {
+            assert!(shard_key(bad).is_err(), "{bad}");
+        }
+        assert_eq!(shard_key("tenant").unwrap().as_deref(), Some("tenant"));
+    }
 }

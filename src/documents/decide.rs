@@ -5,10 +5,11 @@
 use chrono::Utc;
 use mongodb::bson::{Bson, Document, doc};
 
+use super::meta::{read_revision, recorded_revision};
 use super::plan::Plan;
 use super::{DATA_VERSION, Method};
 use crate::config::MongoSettings;
-use crate::domain::change::{META_FIELD, change_data};
+use crate::domain::change::{META_FIELD, change_data, unquoted_tag};
 use crate::domain::{EventId, EventTypes, NewDocument, Operation, OutboxEvent, Revision};
 use crate::outbox::idempotency::IdempotencyKey;
 use crate::outbox::store::Hold;
@@ -71,9 +72,10 @@ impl Planned<'_> {
     /// PUT of a missing id: creates it, unless `If-Match` expected it to exist.
     fn create_by_replace(&self) -> Result<Decision, Refusal> {
         if self.plan.if_match.is_some() {
-            return Err(Refusal::PreconditionFailed(
-                "If-Match was sent but the document does not exist",
-            ));
+            return Err(Refusal::PreconditionFailed {
+                reason: "If-Match was sent but the document does not exist".to_owned(),
+                current: None,
+            });
         }
         Ok(self.create())
     }
@@ -87,11 +89,12 @@ impl Planned<'_> {
             .as_deref()
             .is_some_and(|h| revision.matches(h))
         {
-            return Err(Refusal::PreconditionFailed(
-                "If-None-Match: the document exists",
-            ));
+            return Err(Refusal::PreconditionFailed {
+                reason: "If-None-Match: the document exists".to_owned(),
+                current: recorded_revision(current),
+            });
         }
-        self.check_if_match(&revision)?;
+        self.check_if_match(&revision, current)?;
         let next = revision.next();
         let document = DocumentChange::Replace(self.stored_document(&next));
         Ok(self.decision(
@@ -106,7 +109,7 @@ impl Planned<'_> {
     /// deleted document, since the request has no body.
     fn delete(&self, current: &Document) -> Result<Decision, Refusal> {
         let revision = read_revision(current, &self.plan.new_lineage);
-        self.check_if_match(&revision)?;
+        self.check_if_match(&revision, current)?;
         let shard_key = self
             .settings
             .shard_key
@@ -120,18 +123,31 @@ impl Planned<'_> {
         ))
     }
 
-    fn check_if_match(&self, revision: &Revision) -> Result<(), Refusal> {
-        if self
-            .plan
-            .if_match
-            .as_deref()
-            .is_some_and(|h| !revision.matches(h))
-        {
-            return Err(Refusal::PreconditionFailed(
-                "If-Match does not name the current revision",
-            ));
+    /// `If-Match` must name `revision`, the revision of `current`. A refusal carries the
+    /// current revision, so the client can retry with it.
+    fn check_if_match(&self, revision: &Revision, current: &Document) -> Result<(), Refusal> {
+        let Some(header) = self.plan.if_match.as_deref() else {
+            return Ok(());
+        };
+        if revision.matches(header) {
+            return Ok(());
         }
-        Ok(())
+        // RFC 9110 §13.1.1: an If-Match that is neither `*` nor a list of entity tags makes
+        // the condition false, so the answer stays 412 (not 400); since a missing pair of
+        // quotes is the usual cause, the message says how to write the tag.
+        let reason = match unquoted_tag(header) {
+            Some(tag) => {
+                let tag: String = tag.chars().filter(|c| *c != '"').take(100).collect();
+                format!(
+                    "If-Match: entity tags are quoted, as the ETag header gives them: send If-Match: \"{tag}\""
+                )
+            }
+            None => "If-Match does not name the current revision".to_owned(),
+        };
+        Err(Refusal::PreconditionFailed {
+            reason,
+            current: recorded_revision(current),
+        })
     }
 
     fn first_revision(&self) -> Revision {
@@ -202,22 +218,6 @@ impl Planned<'_> {
             event,
             shard_key,
         }
-    }
-}
-
-/// The revision of a stored document.
-fn read_revision(current: &Document, fallback_lineage: &str) -> Revision {
-    let meta = current.get_document(META_FIELD).ok();
-    // A document written by something else has no `_meta`: treat it as version 0 of a
-    // lineage of its own, so the change gets version 1 and fresh event ids.
-    Revision {
-        version: meta
-            .and_then(|m| m.get_i64("version").ok())
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(0),
-        lineage: meta
-            .and_then(|m| m.get_str("lineage").ok())
-            .map_or_else(|| fallback_lineage.to_owned(), str::to_owned),
     }
 }
 
@@ -300,7 +300,7 @@ mod tests {
         let conditional = plan(Method::Replace, BODY, Some("*"), None);
         assert!(matches!(
             decide(&conditional, None),
-            Err(Refusal::PreconditionFailed(_))
+            Err(Refusal::PreconditionFailed { .. })
         ));
     }
 
@@ -319,8 +319,44 @@ mod tests {
                 &plan(Method::Replace, BODY, if_match, if_none),
                 Some(&current),
             );
-            assert!(matches!(refused, Err(Refusal::PreconditionFailed(_))));
+            assert!(matches!(refused, Err(Refusal::PreconditionFailed { .. })));
         }
+    }
+
+    #[test]
+    fn a_refused_precondition_names_the_current_revision_and_how_to_quote_a_tag() {
+        let current = stored(4);
+        let refusal = |if_match| {
+            decide(
+                &plan(Method::Delete, "", Some(if_match), None),
+                Some(&current),
+            )
+            .unwrap_err()
+        };
+        let Refusal::PreconditionFailed { reason, current: r } = refusal("L.4") else {
+            panic!("not a precondition failure")
+        };
+        assert_eq!(
+            reason,
+            r#"If-Match: entity tags are quoted, as the ETag header gives them: send If-Match: "L.4""#
+        );
+        assert_eq!(r.map(|r| r.etag()).as_deref(), Some("\"L.4\""));
+        let Refusal::PreconditionFailed { reason, .. } = refusal("\"L.3\"") else {
+            panic!("not a precondition failure")
+        };
+        assert_eq!(reason, "If-Match does not name the current revision");
+        let foreign = doc! { "_id": "d-1", "tenant": "old" };
+        let refused = decide(
+            &plan(Method::Delete, "", Some("\"L.4\""), None),
+            Some(&foreign),
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(Refusal::PreconditionFailed { current: None, .. })
+            ),
+            "no revision to name without _meta: {refused:?}"
+        );
     }
 
     #[test]

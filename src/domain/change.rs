@@ -131,6 +131,18 @@ impl Revision {
     }
 }
 
+/// The first member of an `If-Match` / `If-None-Match` list that is neither `*` nor an entity
+/// tag (`"…"` or `W/"…"`), such as the `abc.1` of `If-Match: abc.1`: the quotes belong to the
+/// tag, so such a member can never name a revision.
+#[must_use]
+pub fn unquoted_tag(header: &str) -> Option<&str> {
+    let is_quoted = |t: &str| t.len() >= 2 && t.starts_with('"') && t.ends_with('"');
+    header
+        .split(',')
+        .map(str::trim)
+        .find(|t| !t.is_empty() && *t != "*" && !is_quoted(t.strip_prefix("W/").unwrap_or(t)))
+}
+
 /// The event's `data`: `{"operation", "id", "version", "lineage", "document"}`; a deletion
 /// has no `document`. `version` orders the changes of one lifetime of the document, `lineage`
 /// names that lifetime (a document deleted and created again starts a new one at version 1).
@@ -210,6 +222,17 @@ mod tests {
         assert_eq!(r.next().version, 4);
         assert_eq!(r.next().lineage, "abc");
         assert_ne!(Revision::first().lineage, Revision::first().lineage);
+    }
+
+    #[test]
+    fn members_without_quotes_are_found() {
+        assert_eq!(unquoted_tag("abc.3"), Some("abc.3"));
+        assert_eq!(unquoted_tag("\"x.1\", abc.3"), Some("abc.3"));
+        assert_eq!(unquoted_tag("W/abc.3"), Some("W/abc.3"));
+        assert_eq!(unquoted_tag("\"abc.3"), Some("\"abc.3"));
+        for fine in ["\"abc.3\"", "W/\"abc.3\"", "*", "\"a.1\", W/\"b.2\"", ""] {
+            assert_eq!(unquoted_tag(fine), None, "{fine}");
+        }
     }
 
     #[test]

@@ -100,8 +100,8 @@ fn schedule_in(function_json: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The methods this function implements.
-const SUPPORTED: [Method; 3] = [Method::POST, Method::PUT, Method::DELETE];
+/// The methods this function implements, in the order `Allow` lists them.
+const SUPPORTED: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
 
 /// The public route and methods of `WriteDocumentHttp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +197,7 @@ impl HttpFunction {
         self.methods.contains(method)
     }
 
-    /// The `Allow` header value for a URL with or without an id: PUT and DELETE need one.
+    /// The `Allow` header value for a URL with or without an id: GET, PUT and DELETE need one.
     #[must_use]
     pub fn allow(&self, with_id: bool) -> String {
         self.methods
@@ -206,6 +206,13 @@ impl HttpFunction {
             .map(Method::as_str)
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The route of a document (`/api/documents/{id}`), when the function has one: what a
+    /// method that needs an id must use.
+    #[must_use]
+    pub fn item_route(&self) -> Option<String> {
+        self.raw_routes().1
     }
 
     /// Where a document lives: the `Location` of a created document.
@@ -261,7 +268,7 @@ fn allowed_methods(trigger: &Value) -> Result<Vec<Method>, ConfigError> {
         }
     };
     if methods.is_empty() {
-        return Err(bad("methods lists none of post, put, delete"));
+        return Err(bad("methods lists none of get, post, put, delete"));
     }
     Ok(methods)
 }
@@ -286,8 +293,9 @@ mod tests {
                 Some("/api/documents/{id}".into())
             )
         );
-        assert_eq!(f.allow(true), "POST, PUT, DELETE");
+        assert_eq!(f.allow(true), "GET, POST, PUT, DELETE");
         assert_eq!(f.allow(false), "POST");
+        assert_eq!(f.item_route().as_deref(), Some("/api/documents/{id}"));
         assert_eq!(
             f.location(&DocumentId::parse("a-1").unwrap()),
             "/api/documents/a-1"
@@ -307,6 +315,8 @@ mod tests {
         );
         assert!(f.allows(&Method::POST));
         assert!(!f.allows(&Method::PUT));
+        assert!(!f.allows(&Method::GET));
+        assert_eq!(f.item_route(), None);
     }
 
     #[test]
@@ -320,7 +330,7 @@ mod tests {
             f.raw_routes(),
             (Some("/v1/docs".into()), Some("/v1/docs/{id}".into()))
         );
-        assert_eq!(f.allow(true), "POST, PUT, DELETE", "no methods = all");
+        assert_eq!(f.allow(true), "GET, POST, PUT, DELETE", "no methods = all");
     }
 
     #[test]
@@ -337,7 +347,7 @@ mod tests {
         }
         let e = HttpFunction::parse(
             HOST,
-            &function(r#"{"type":"httpTrigger","name":"req","methods":["get"]}"#),
+            &function(r#"{"type":"httpTrigger","name":"req","methods":["patch","head"]}"#),
         )
         .unwrap_err();
         assert_eq!(e.setting, WRITE_DOCUMENT_HTTP.path);

@@ -1,6 +1,6 @@
 //! One error type for the HTTP API, mapped to a status and a JSON body in one place: the use
-//! case's [`WriteError`] through one table (`write_answer`), plus what the adapters refuse
-//! themselves (no route, method, key, body size).
+//! case's [`WriteError`] and [`ReadError`] through one table each (`write_answer`,
+//! `read_answer`), plus what the adapters refuse themselves (no route, method, key, body size).
 //!
 //! Bodies look like `{"error":{"code":"MalformedJson","message":"…"}}`. Client errors say what
 //! to fix; server errors are generic — their detail is logged once, here, and never sent (no
@@ -10,7 +10,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::documents::WriteError;
+use crate::documents::{ReadError, WriteError};
 use crate::domain::InputError;
 use crate::telemetry::chain;
 
@@ -22,7 +22,7 @@ pub struct ApiResponse {
     pub status: StatusCode,
     /// Headers besides `Content-Type: application/json`.
     pub headers: Vec<(HeaderName, String)>,
-    /// JSON body.
+    /// JSON body; empty for an answer without one (`304`), which then has no `Content-Type`.
     pub body: String,
 }
 
@@ -37,6 +37,16 @@ impl ApiResponse {
         }
     }
 
+    /// An answer without a body (`304 Not Modified`).
+    #[must_use]
+    pub fn empty(status: StatusCode) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
     /// Adds a header.
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
@@ -47,12 +57,17 @@ impl ApiResponse {
 
 impl IntoResponse for ApiResponse {
     fn into_response(self) -> Response {
+        let has_body = !self.body.is_empty();
         let mut response = (self.status, self.body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        if has_body {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        } else {
+            headers.remove(header::CONTENT_TYPE);
+        }
         for (name, value) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.append(name, v);
@@ -66,9 +81,12 @@ impl IntoResponse for ApiResponse {
 /// failures, and what the adapters refuse before calling it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The write was refused or failed; answered as the module's one table says.
+    /// The write was refused or failed; answered as the module's table says.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The read was refused or failed; answered as the module's table says.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// Standalone mode: no or a wrong function key.
     #[error("a valid function key is required (x-functions-key header or code query parameter)")]
     Unauthorized,
@@ -82,6 +100,17 @@ pub enum ApiError {
         method: String,
         /// The methods that are.
         allow: String,
+    },
+    /// The method needs a document's URL, and the request named none (a collection is neither
+    /// replaced, deleted nor listed).
+    #[error("{method} needs a document id: use {route}")]
+    IdRequired {
+        /// The method that was used.
+        method: String,
+        /// The methods allowed without an id.
+        allow: String,
+        /// The route of a document, e.g. `/api/documents/{id}`.
+        route: String,
     },
     /// The request is larger than accepted, known before reading it.
     #[error("the request body is larger than {limit} bytes")]
@@ -120,7 +149,7 @@ fn write_answer(e: &WriteError) -> Answer {
         W::Input(I::MissingShardKey(_)) => (S::BAD_REQUEST, "MissingShardKey", own()),
         W::Conflict(_) => (S::CONFLICT, "Conflict", own()),
         W::NotFound(_) => (S::NOT_FOUND, "NotFound", own()),
-        W::PreconditionFailed(_) => (S::PRECONDITION_FAILED, "PreconditionFailed", own()),
+        W::PreconditionFailed { .. } => (S::PRECONDITION_FAILED, "PreconditionFailed", own()),
         W::IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "IdempotencyKeyReused", own()),
         W::Unavailable { .. } => (
             S::SERVICE_UNAVAILABLE,
@@ -128,6 +157,25 @@ fn write_answer(e: &WriteError) -> Answer {
             "the service is temporarily unavailable".to_owned(),
         ),
         W::Internal(_) => (
+            S::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "internal error".to_owned(),
+        ),
+    }
+}
+
+/// The table from the read use case's error to HTTP, in the same words as the write's.
+fn read_answer(e: &ReadError) -> Answer {
+    use StatusCode as S;
+    match e {
+        ReadError::Input(input) => write_answer(&WriteError::Input(input.clone())),
+        ReadError::NotFound(_) => (S::NOT_FOUND, "NotFound", e.to_string()),
+        ReadError::Unavailable { .. } => (
+            S::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the service is temporarily unavailable".to_owned(),
+        ),
+        ReadError::Internal(_) => (
             S::INTERNAL_SERVER_ERROR,
             "InternalError",
             "internal error".to_owned(),
@@ -165,9 +213,12 @@ impl ApiError {
     fn answer(&self) -> Answer {
         let (status, code) = match self {
             Self::Write(e) => return write_answer(e),
+            Self::Read(e) => return read_answer(e),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "NotFound"),
-            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            Self::MethodNotAllowed { .. } | Self::IdRequired { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+            }
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             Self::UnreadableBody => (StatusCode::BAD_REQUEST, "UnreadableBody"),
         };
@@ -190,11 +241,19 @@ impl ApiError {
             &json!({ "error": { "code": code, "message": message } }),
         );
         match self {
-            Self::Write(WriteError::Unavailable { retry_after, .. }) => {
+            Self::Write(WriteError::Unavailable { retry_after, .. })
+            | Self::Read(ReadError::Unavailable { retry_after, .. }) => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0);
                 r = r.with_header(header::RETRY_AFTER, format!("{secs:.0}"));
             }
-            Self::MethodNotAllowed { allow, .. } => {
+            // The current revision, so that the client can retry without reading first.
+            Self::Write(WriteError::PreconditionFailed {
+                current: Some(current),
+                ..
+            }) => {
+                r = r.with_header(header::ETAG, current.etag());
+            }
+            Self::MethodNotAllowed { allow, .. } | Self::IdRequired { allow, .. } => {
                 r = r.with_header(header::ALLOW, allow.clone());
             }
             _ => {}
@@ -343,10 +402,50 @@ mod tests {
             ),
             case(ApiError::NoRoute, 404, "NotFound", "not found"),
             case(
-                WriteError::PreconditionFailed("x"),
+                WriteError::PreconditionFailed {
+                    reason: "x".into(),
+                    current: None,
+                },
                 412,
                 "PreconditionFailed",
                 "precondition failed: x",
+            ),
+            case(
+                ReadError::NotFound(id()),
+                404,
+                "NotFound",
+                "there is no document with _id a",
+            ),
+            case(
+                ReadError::Input(InputError::InvalidId { reason: "x".into() }),
+                400,
+                "InvalidId",
+                "invalid _id: x",
+            ),
+            case(
+                ReadError::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                    source: None,
+                },
+                503,
+                "ServiceUnavailable",
+                "the service is temporarily unavailable",
+            ),
+            case(
+                ReadError::Internal(db_error("boom")),
+                500,
+                "InternalError",
+                "internal error",
+            ),
+            case(
+                ApiError::IdRequired {
+                    method: "PUT".into(),
+                    allow: "POST".into(),
+                    route: "/api/documents/{id}".into(),
+                },
+                405,
+                "MethodNotAllowed",
+                "PUT needs a document id: use /api/documents/{id}",
             ),
             case(
                 WriteError::IdempotencyKeyReused,
@@ -408,6 +507,51 @@ mod tests {
         }
         .response();
         assert!(r.headers.contains(&(header::ALLOW, "POST".into())));
+    }
+
+    #[test]
+    fn a_412_names_the_current_revision_when_there_is_one() {
+        let current = crate::domain::Revision {
+            version: 3,
+            lineage: "L".into(),
+        };
+        let r = ApiError::from(WriteError::PreconditionFailed {
+            reason: "r".into(),
+            current: Some(current),
+        })
+        .response();
+        assert!(r.headers.contains(&(header::ETAG, "\"L.3\"".into())));
+        let r = ApiError::from(WriteError::PreconditionFailed {
+            reason: "r".into(),
+            current: None,
+        })
+        .response();
+        assert!(r.headers.iter().all(|(name, _)| name != header::ETAG));
+    }
+
+    #[test]
+    fn reads_say_when_to_retry_and_a_missing_id_says_which_route() {
+        let r = ApiError::from(ReadError::Unavailable {
+            retry_after: Duration::from_millis(2500),
+            source: None,
+        })
+        .response();
+        assert!(r.headers.contains(&(header::RETRY_AFTER, "3".into())));
+        let r = ApiError::IdRequired {
+            method: "DELETE".into(),
+            allow: "POST".into(),
+            route: "/api/documents/{id}".into(),
+        }
+        .response();
+        assert!(r.headers.contains(&(header::ALLOW, "POST".into())));
+    }
+
+    #[test]
+    fn an_answer_without_a_body_has_no_content_type() {
+        let r = ApiResponse::empty(StatusCode::NOT_MODIFIED).into_response();
+        assert!(r.headers().get(header::CONTENT_TYPE).is_none());
+        let r = ApiResponse::json(StatusCode::OK, &json!({})).into_response();
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
     }
 
     #[test]

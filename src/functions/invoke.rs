@@ -115,7 +115,10 @@ pub struct HttpOutput {
 impl From<&ApiResponse> for HttpOutput {
     fn from(r: &ApiResponse) -> Self {
         let mut headers = BTreeMap::new();
-        headers.insert("Content-Type".to_owned(), "application/json".to_owned());
+        // An answer without a body (304) has no content to type.
+        if !r.body.is_empty() {
+            headers.insert("Content-Type".to_owned(), "application/json".to_owned());
+        }
         for (name, value) in &r.headers {
             headers.insert(canonical_header_name(name.as_str()), value.clone());
         }
@@ -317,6 +320,12 @@ mod tests {
                 "Logs": ["hi"],
                 "ReturnValue": null
             })
+        );
+        let not_modified = ApiResponse::empty(StatusCode::NOT_MODIFIED)
+            .with_header(axum::http::header::ETAG, "\"L.1\"");
+        assert_eq!(
+            serde_json::to_value(HttpOutput::from(&not_modified)).unwrap(),
+            serde_json::json!({ "statusCode": 304, "headers": { "Etag": "\"L.1\"" }, "body": "" })
         );
     }
 }

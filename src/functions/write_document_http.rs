@@ -1,17 +1,21 @@
-//! `WriteDocumentHttp`: the HTTP function that changes a document with its event.
+//! `WriteDocumentHttp`: the HTTP function that changes a document with its event, and reads it
+//! back.
 //!
 //! Two doors, one core: the host's envelope at `POST /WriteDocumentHttp` (the default), and the
 //! raw request on the function's public route (`/api/documents[/{id}]`; forwarding mode and
-//! standalone mode).
+//! standalone mode). One function serves the resource, reads included: one route and one key
+//! for clients, and the methods come from its `function.json`.
 //!
 //! | Request | Answer |
 //! |---|---|
+//! | `GET /api/documents/{id}` | 200 + `ETag`: the document; 304 when `If-None-Match` names it; 404 when missing |
 //! | `POST /api/documents` (or `/{id}`) | 201 + `Location` + `ETag`: created |
-//! | `PUT /api/documents/{id}` | 201 created / 200 replaced, `ETag`; `If-Match` → 412 on mismatch, `If-None-Match: *` → create only |
+//! | `PUT /api/documents/{id}` | 201 created / 200 replaced, `ETag`; `If-Match` → 412 (+ the current `ETag`) on mismatch, `If-None-Match: *` → create only |
 //! | `DELETE /api/documents/{id}` | 200 deleted, 404 when missing; `If-Match` → 412 on mismatch |
 //!
-//! Every answer body is `{"id", "eventId", "version", "operation"}` or an error. A replay under
-//! the same `Idempotency-Key` answers the same, with `Idempotent-Replayed: true`.
+//! GET, PUT and DELETE without an id answer 405 naming the document route. Every write's
+//! answer body is `{"id", "eventId", "version", "operation"}` or an error. A replay under the
+//! same `Idempotency-Key` answers the same, with `Idempotent-Replayed: true`.
 
 use std::sync::Arc;
 
@@ -24,7 +28,9 @@ use serde_json::json;
 use super::binding::HttpFunction;
 use super::error::{ApiError, ApiResponse};
 use super::invoke::{HttpTriggerData, InvocationRequest, InvocationResponse};
-use crate::documents::{self, DocumentService, MAX_BODY_BYTES, WriteRequest, Written};
+use crate::documents::{
+    self, DocumentService, MAX_BODY_BYTES, Read, ReadRequest, WriteRequest, Written,
+};
 use crate::domain::Operation;
 
 /// Largest envelope accepted from the host: the body travels JSON-escaped inside it.
@@ -66,25 +72,66 @@ struct Incoming<'a> {
     body: &'a [u8],
 }
 
-/// The core of the function.
+/// The core of the function: a read (GET with an id) or a write (POST; PUT or DELETE with an
+/// id), for the methods `function.json` allows.
 async fn handle(state: &WriteDocumentHttp, req: Incoming<'_>) -> ApiResponse {
     let function = &state.function;
-    let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()).ok();
+    let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+        .ok()
+        .filter(|m| function.allows(m));
     let with_id = req.id.is_some();
-    let op = match method {
-        Some(m) if function.allows(&m) && m == Method::POST => documents::Method::Create,
-        Some(m) if function.allows(&m) && m == Method::PUT && with_id => documents::Method::Replace,
-        Some(m) if function.allows(&m) && m == Method::DELETE && with_id => {
-            documents::Method::Delete
-        }
-        _ => {
-            return ApiError::MethodNotAllowed {
-                method: req.method.chars().take(16).collect(),
-                allow: function.allow(with_id),
-            }
-            .response();
+    let op = match (method, req.id) {
+        (Some(m), Some(id)) if m == Method::GET => return read(state, id, &req).await,
+        (Some(m), _) if m == Method::POST => documents::Method::Create,
+        (Some(m), Some(_)) if m == Method::PUT => documents::Method::Replace,
+        (Some(m), Some(_)) if m == Method::DELETE => documents::Method::Delete,
+        (allowed, _) => {
+            let method: String = req.method.chars().take(16).collect();
+            let allow = function.allow(with_id);
+            // An allowed method left over here needs an id the URL did not give.
+            let error = match function.item_route().filter(|_| allowed.is_some()) {
+                Some(route) => ApiError::IdRequired {
+                    method,
+                    allow,
+                    route,
+                },
+                None => ApiError::MethodNotAllowed { method, allow },
+            };
+            return error.response();
         }
     };
+    write(state, op, &req).await
+}
+
+/// GET: the document with its `ETag`, or `304` with the `ETag` only.
+async fn read(state: &WriteDocumentHttp, id: &str, req: &Incoming<'_>) -> ApiResponse {
+    let if_none_match = (req.header)("if-none-match");
+    let request = ReadRequest {
+        id,
+        if_none_match: if_none_match.as_deref(),
+    };
+    let (response, revision) = match state.documents.read(request).await {
+        Ok(Read::Found { document, revision }) => {
+            (ApiResponse::json(StatusCode::OK, &document), revision)
+        }
+        Ok(Read::NotModified { revision }) => {
+            (ApiResponse::empty(StatusCode::NOT_MODIFIED), revision)
+        }
+        Err(e) => return ApiError::Read(e).response(),
+    };
+    match revision {
+        Some(r) => response.with_header(header::ETAG, r.etag()),
+        None => response,
+    }
+}
+
+/// POST, PUT, DELETE: the change with its event.
+async fn write(
+    state: &WriteDocumentHttp,
+    op: documents::Method,
+    req: &Incoming<'_>,
+) -> ApiResponse {
+    let function = &state.function;
     let content_type = (req.header)("content-type");
     let if_match = (req.header)("if-match");
     let if_none_match = (req.header)("if-none-match");
@@ -152,17 +199,18 @@ pub async fn envelope(State(state): State<WriteDocumentHttp>, body: axum::body::
         .get("id")
         .map(String::as_str)
         .filter(|s| !s.is_empty());
+    let method = req.method.as_deref().unwrap_or("POST");
     let response = handle(
         &state,
         Incoming {
-            method: req.method.as_deref().unwrap_or("POST"),
+            method,
             id,
             header: &header,
             body: req.body.as_deref().unwrap_or_default().as_bytes(),
         },
     )
     .await;
-    let log = log_line(&response);
+    let log = log_line(method, &response);
     InvocationResponse::http(&response, vec![log]).into_host_response(StatusCode::OK)
 }
 
@@ -233,8 +281,13 @@ async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, Api
     })
 }
 
-fn log_line(r: &ApiResponse) -> String {
-    if r.status.is_success() {
+/// The line the host logs with the invocation: a write's answer, but never a document read
+/// (bodies are not logged).
+fn log_line(method: &str, r: &ApiResponse) -> String {
+    let is_read = method.eq_ignore_ascii_case("GET");
+    if is_read && (r.status.is_success() || r.status == StatusCode::NOT_MODIFIED) {
+        format!("document read: answered {}", r.status.as_u16())
+    } else if r.status.is_success() {
         format!("document written: {}", r.body)
     } else {
         format!("request answered {}: {}", r.status.as_u16(), r.body)

@@ -8,7 +8,8 @@
 //! implementation per placement, see [`crate::outbox::placement`]) runs it: it reads the
 //! current document, asks the change to decide, and writes the document, the entry and the
 //! record wherever its placement keeps them, in one transaction. The use case never learns
-//! where that is.
+//! where that is. The same store reads a document back ([`PlacementStore::read`]), leaving out
+//! whatever the placement keeps beside it.
 //!
 //! [`PlacementStore`] is a trait object behind an `Arc`, chosen once when the database is
 //! first ready: its async methods return boxed futures, so it stays object-safe (async
@@ -92,14 +93,20 @@ pub struct Committed {
 }
 
 /// Why a write was refused after reading the current document. Nothing was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// There is no document with this id.
     #[error("there is no such document")]
     NotFound,
     /// `If-Match` / `If-None-Match` did not hold.
-    #[error("precondition failed: {0}")]
-    PreconditionFailed(&'static str),
+    #[error("precondition failed: {reason}")]
+    PreconditionFailed {
+        /// Which precondition, and why, in words for the client.
+        reason: String,
+        /// The document's current revision, when it exists and has one: a client can retry
+        /// with it.
+        current: Option<Revision>,
+    },
     /// The document changed (or vanished) between reading and writing it.
     #[error("the document changed during the write")]
     Conflict,
@@ -156,4 +163,13 @@ pub trait PlacementStore: std::fmt::Debug + Send + Sync {
         &'a self,
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<Option<Recorded>, DbError>>;
+
+    /// The document with this id as the last committed [`Decision`] stored it (its `_meta`
+    /// included), or `None` when there is none. Never an outbox entry, an idempotency record
+    /// or anything else the placement keeps beside documents: the placement knows what it adds,
+    /// so it is the one to leave it out.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Document>, DbError>>;
 }

@@ -75,6 +75,23 @@ async fn a_bad_setting_stops_start_up_naming_it_and_never_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_start_without_its_required_settings_names_them_all_at_once() {
+    let port = devstack::pick_free_port().unwrap().to_string();
+
+    let (code, text) = run_to_exit(&[
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", port.as_str()),
+        ("EVENTGRID_TOPIC_KEY", "k"),
+    ])
+    .await;
+
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("required settings are not set: MONGODB_URI, EVENTGRID_TOPIC_ENDPOINT"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn timer_invocations_tolerate_null_status_and_odd_timestamps() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;

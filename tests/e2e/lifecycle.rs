@@ -157,6 +157,88 @@ async fn conditional_requests_are_refused_with_412_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn a_412_carries_the_current_etag_so_the_client_can_retry_with_it() {
+    let (db, _rx, handler) = setup().await;
+    let v1 = handler
+        .write(&ClientRequest::put_json("r-1", r#"{"n":1}"#))
+        .await;
+    let v2 = handler
+        .write(&ClientRequest::put_json("r-1", r#"{"n":2}"#))
+        .await;
+    let stale = v1.header("ETag").unwrap();
+
+    let refused = handler
+        .write(&ClientRequest::put_json("r-1", r#"{"n":3}"#).header("If-Match", stale))
+        .await;
+    let refused_delete = handler
+        .write(&ClientRequest::delete("r-1").header("If-Match", stale))
+        .await;
+    let exists = handler
+        .write(&ClientRequest::put_json("r-1", r#"{"n":3}"#).header("If-None-Match", "*"))
+        .await;
+    let missing = handler
+        .write(&ClientRequest::put_json("r-2", r#"{"n":1}"#).header("If-Match", stale))
+        .await;
+
+    for r in [&refused, &refused_delete, &exists] {
+        assert_eq!(r.status, 412, "{:?}", r.body);
+        assert_eq!(r.header("ETag"), v2.header("ETag"), "{:?}", r.headers);
+    }
+    assert_eq!(missing.status, 412);
+    assert_eq!(
+        missing.header("ETag"),
+        None,
+        "no document, no current revision"
+    );
+    let retried = handler
+        .write(
+            &ClientRequest::put_json("r-1", r#"{"n":3}"#)
+                .header("If-Match", refused.header("ETag").unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (retried.status, retried.body["version"].as_u64()),
+        (200, Some(3))
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_unquoted_if_match_is_refused_with_a_message_that_shows_the_quotes() {
+    let (db, _rx, handler) = setup().await;
+    let v1 = handler
+        .write(&ClientRequest::put_json("u-1", r#"{"n":1}"#))
+        .await;
+    let unquoted = v1.header("ETag").unwrap().trim_matches('"').to_owned();
+
+    let res = handler
+        .write(&ClientRequest::put_json("u-1", r#"{"n":2}"#).header("If-Match", &unquoted))
+        .await;
+
+    // RFC 9110 §13.1.1: a field value that is not a list of entity tags is a false condition.
+    assert_eq!(
+        (res.status, res.error_code()),
+        (412, "PreconditionFailed"),
+        "{:?}",
+        res.body
+    );
+    let message = res.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("If-Match: \"{unquoted}\"")),
+        "{message}"
+    );
+    assert_eq!(res.header("ETag"), v1.header("ETag"));
+    let stored = db
+        .documents()
+        .find_one(doc! {"_id": "u-1"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.get_i32("n").unwrap(), 1, "nothing written");
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_document_created_again_after_delete_gets_new_event_ids() {
     let (db, _rx, handler) = setup().await;
     let first = handler

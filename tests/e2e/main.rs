@@ -23,6 +23,7 @@ mod openapi;
 mod ops;
 mod ordering;
 mod push;
+mod read_document;
 mod relay;
 mod settings_sync;
 mod shutdown;

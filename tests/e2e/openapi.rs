@@ -1,9 +1,11 @@
 //! `openapi.yaml` describes the HTTP API as served: its paths and methods are the function's
-//! route and methods, its error codes are the ones the code produces, and what a live handler
-//! answers (status, headers) is documented.
+//! route and methods, its error codes are the ones the code produces, its id and field-name
+//! rules are the parsers', and what a live handler answers (status, headers) is documented.
 
 use std::collections::BTreeSet;
 
+use outbox_relay::domain::document::RESERVED_FIELDS;
+use outbox_relay::domain::{DocumentId, InputError, NewDocument};
 use outbox_relay::functions::binding::HttpFunction;
 use outbox_relay::functions::error::ApiError;
 use serde_json::Value;
@@ -88,6 +90,109 @@ fn error_codes_are_the_ones_the_code_produces() {
     }
 }
 
+/// A schema of `components/schemas`.
+fn schema<'a>(spec: &'a Value, name: &str) -> &'a Value {
+    spec.pointer(&format!("/components/schemas/{name}"))
+        .unwrap_or_else(|| panic!("no schema {name}"))
+}
+
+/// The schema's `pattern`, as a regex (ECMA 262 and regex-lite agree on what the file uses).
+fn pattern(schema: &Value) -> regex_lite::Regex {
+    regex_lite::Regex::new(schema["pattern"].as_str().expect("a pattern")).unwrap()
+}
+
+#[test]
+fn the_id_rules_are_the_parsers() {
+    let spec = spec();
+    let id = schema(&spec, "DocumentId");
+    let parameter = resolve(&spec, &spec["components"]["parameters"]["DocumentId"]);
+    assert_eq!(resolve(&spec, &parameter["schema"]), id);
+    let regex = pattern(id);
+    let (min, max) = (
+        id["minLength"].as_u64().unwrap(),
+        id["maxLength"].as_u64().unwrap(),
+    );
+    let long = "x".repeat(255);
+    let too_long = "x".repeat(256);
+    for sample in [
+        "a",
+        "order-1",
+        "A.b_c~d:e@f-9",
+        &long,
+        &too_long,
+        "",
+        "a b",
+        "a/b",
+        "a%20",
+        "é",
+        "a?b",
+        "a#b",
+        "a\u{0}",
+        "a+b",
+        "(a)",
+    ] {
+        let length = u64::try_from(sample.chars().count()).unwrap();
+        let documented = regex.is_match(sample) && (min..=max).contains(&length);
+        assert_eq!(
+            documented,
+            DocumentId::parse(sample).is_ok(),
+            "openapi.yaml and DocumentId::parse disagree on {sample:?}"
+        );
+    }
+}
+
+#[test]
+fn the_field_name_rules_are_the_parsers() {
+    let spec = spec();
+    let regex = pattern(schema(&spec, "FieldName"));
+    let parses = |body: &Value| {
+        let body = body.to_string();
+        match NewDocument::parse(Some("application/json"), body.as_bytes(), 1 << 20, None) {
+            Ok(_) => true,
+            Err(InputError::InvalidKey { .. }) => false,
+            Err(e) => panic!("{body}: {e}"),
+        }
+    };
+    for name in [
+        "a", "_id2", "a$", "é", "", " ", "$a", "$", "a.b", ".", "a\u{0}b", "_meta", "_outbox",
+    ] {
+        // Nested, where the reserved top-level names are ordinary.
+        let nested = serde_json::json!({ "a": { name: 1 }, "b": [{ name: 2 }] });
+        assert_eq!(
+            regex.is_match(name),
+            parses(&nested),
+            "openapi.yaml and NewDocument::parse disagree on {name:?}"
+        );
+    }
+    let reserved: BTreeSet<&str> = schema(&spec, "Document")["propertyNames"]["not"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(reserved, RESERVED_FIELDS.into_iter().collect());
+    for name in RESERVED_FIELDS {
+        assert!(!parses(&serde_json::json!({ name: 1 })), "{name}");
+    }
+    let then = &schema(&spec, "Value")["then"];
+    let (min, max) = (
+        then["minimum"].as_i64().unwrap(),
+        then["maximum"].as_i64().unwrap(),
+    );
+    assert_eq!((min, max), (i64::MIN, i64::MAX));
+    let integer = |n: &str| {
+        NewDocument::parse(
+            Some("application/json"),
+            format!(r#"{{"n":{n}}}"#).as_bytes(),
+            1 << 20,
+            None,
+        )
+        .is_ok()
+    };
+    assert!(integer(&max.to_string()) && integer(&min.to_string()));
+    assert!(!integer("9223372036854775808") && !integer("-9223372036854775809"));
+}
+
 #[tokio::test]
 async fn live_answers_are_documented_with_their_headers() {
     let spec = spec();
@@ -113,6 +218,15 @@ async fn live_answers_are_documented_with_their_headers() {
         .await
         .unwrap();
     let etag = created.headers()["etag"].to_str().unwrap().to_owned();
+    let to_read = send(
+        M::POST,
+        "/api/documents",
+        Some(r#"{"_id":"api-3","n":1}"#),
+        &[],
+    )
+    .await
+    .unwrap();
+    let read_etag = to_read.headers()["etag"].to_str().unwrap().to_owned();
     let cases = vec![
         ("/api/documents", "post", created),
         (
@@ -193,6 +307,39 @@ async fn live_answers_are_documented_with_their_headers() {
                 .await
                 .unwrap(),
         ),
+        (
+            "/api/documents/{id}",
+            "get",
+            send(M::GET, "/api/documents/api-3", None, &[])
+                .await
+                .unwrap(),
+        ),
+        (
+            "/api/documents/{id}",
+            "get",
+            send(
+                M::GET,
+                "/api/documents/api-3",
+                None,
+                &[("If-None-Match", &read_etag)],
+            )
+            .await
+            .unwrap(),
+        ),
+        (
+            "/api/documents/{id}",
+            "get",
+            send(M::GET, "/api/documents/nope", None, &[])
+                .await
+                .unwrap(),
+        ),
+        (
+            "/api/documents/{id}",
+            "get",
+            send(M::GET, "/api/documents/bad%20id", None, &[])
+                .await
+                .unwrap(),
+        ),
     ];
     let mut statuses = BTreeSet::new();
     for (path, method, response) in cases {
@@ -213,8 +360,18 @@ async fn live_answers_are_documented_with_their_headers() {
                 );
             }
         }
+        if documented.get("content").is_none() {
+            let body = response.bytes().await.unwrap();
+            assert!(
+                body.is_empty(),
+                "{method} {path} {status} has a body: {body:?}"
+            );
+            continue;
+        }
         let body: Value = response.json().await.unwrap();
-        if status.starts_with('2') {
+        if method == "get" && status == "200" {
+            assert_eq!(body, serde_json::json!({ "_id": "api-3", "n": 1 }));
+        } else if status.starts_with('2') {
             for field in ["id", "eventId", "version", "operation"] {
                 assert!(body.get(field).is_some(), "{body}");
             }
@@ -222,10 +379,44 @@ async fn live_answers_are_documented_with_their_headers() {
             assert!(body["error"]["code"].is_string(), "{body}");
         }
     }
-    let expected: BTreeSet<String> = ["200", "201", "400", "404", "405", "409", "412"]
+    let expected: BTreeSet<String> = ["200", "201", "304", "400", "404", "405", "409", "412"]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
     assert_eq!(statuses, expected, "the cases cover these answers");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn methods_the_file_does_not_list_get_405_with_the_listed_ones_in_allow() {
+    let spec = spec();
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let handler = Handler::standalone(&app_settings(&db, &rx, &[])).await;
+    for (path, url) in [
+        ("/api/documents", "/api/documents"),
+        ("/api/documents/{id}", "/api/documents/m-1"),
+    ] {
+        let listed = methods_of(&spec, path);
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if listed.contains(method) {
+                continue;
+            }
+            let response = handler
+                .http()
+                .request(method.parse().unwrap(), handler.url(url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 405, "{method} {url}");
+            let allow: BTreeSet<String> = response.headers()["allow"]
+                .to_str()
+                .unwrap()
+                .split(", ")
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(allow, listed, "{method} {url}");
+        }
+    }
     db.drop().await;
 }

@@ -204,6 +204,50 @@ async fn every_bad_input_gets_its_status_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_method_that_needs_an_id_says_which_route_to_use() {
+    let (db, _rx, handler) = setup().await;
+    let without_id = |method: &str| ClientRequest {
+        method: method.into(),
+        id: None,
+        content_type: Some("application/json".into()),
+        headers: Vec::new(),
+        body: Some("{}".into()),
+    };
+
+    for method in ["PUT", "DELETE", "GET"] {
+        let res = handler.write(&without_id(method)).await;
+        let raw = handler
+            .http()
+            .request(method.parse().unwrap(), handler.url("/api/documents"))
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(
+            (res.status, res.error_code()),
+            (405, "MethodNotAllowed"),
+            "{method}"
+        );
+        assert_eq!(res.header("Allow"), Some("POST"), "{method}");
+        assert_eq!(
+            res.body["error"]["message"],
+            format!("{method} needs a document id: use /api/documents/{{id}}")
+        );
+        assert_eq!(raw.status(), 405, "{method}");
+        assert_eq!(raw.headers()["allow"], "POST");
+        let body: Value = raw.json().await.unwrap();
+        assert_eq!(body["error"]["message"], res.body["error"]["message"]);
+    }
+    let patch = handler.write(&without_id("PATCH")).await;
+    assert_eq!(
+        patch.body["error"]["message"],
+        "method PATCH is not allowed; use POST"
+    );
+    assert_eq!(db.count_documents().await, 0);
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_duplicate_id_gets_409_and_leaves_one_document_and_one_event() {
     let (db, _rx, handler) = setup().await;
     let first = handler

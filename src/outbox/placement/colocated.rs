@@ -5,6 +5,7 @@
 
 use futures_util::future::BoxFuture;
 use mongodb::ClientSession;
+use mongodb::bson::Document;
 
 use super::Placement;
 use super::transactional::{self, Transactional};
@@ -93,5 +94,9 @@ impl PlacementStore for Colocated {
         key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<Option<Recorded>, DbError>> {
         Box::pin(self.inner.recorded(key))
+    }
+
+    fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Document>, DbError>> {
+        Box::pin(self.inner.read(id))
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use mongodb::ClientSession;
+use mongodb::bson::Document;
 
 use super::Placement;
 use super::transactional::{self, Transactional};
@@ -94,6 +95,10 @@ impl PlacementStore for Separate {
                 .await
                 .inspect_err(hint_on_unexpected)
         })
+    }
+
+    fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Document>, DbError>> {
+        Box::pin(self.inner.read(id))
     }
 }
 

@@ -239,6 +239,25 @@ impl Transactional {
         idempotency::insert(&self.records, collection, key, &record, now, s).await
     }
 
+    /// The document with this id, never an entry or a record.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub(super) async fn read(&self, id: &str) -> Result<Option<Document>, DbError> {
+        // A document's `_id` is a string, an entry's a binary UUID and a record's a
+        // subdocument, so a string `_id` alone cannot select an entry or a record (the
+        // `colocated` placement keeps them in this collection). The query says so explicitly
+        // with their roots, so it stays true whatever their ids become.
+        self.documents
+            .find_one(doc! {
+                "_id": id,
+                store::ROOT: { "$exists": false },
+                idempotency::ROOT: { "$exists": false },
+            })
+            .await
+            .map_err(classify)
+    }
+
     /// The unexpired idempotency record under `key`, if any.
     ///
     /// # Errors
@@ -267,7 +286,7 @@ pub(super) fn committed(decision: Decision) -> Committed {
 /// database error.
 pub(super) fn failure(e: mongodb::error::Error) -> WriteFailure {
     match e.get_custom::<Refusal>() {
-        Some(refusal) => WriteFailure::Refused(*refusal),
+        Some(refusal) => WriteFailure::Refused(refusal.clone()),
         None => WriteFailure::Db(classify(e)),
     }
 }
