@@ -25,6 +25,7 @@
 //! event, a drain that does not finish), with exit code 1 after the figures are written.
 
 mod drain;
+mod latency;
 mod procs;
 mod profile;
 mod scenarios;
@@ -89,6 +90,9 @@ struct Args {
     /// Length of the topic outage in the faults scenario, in seconds.
     #[arg(long, default_value_t = 60)]
     outage_secs: u64,
+    /// Seconds of open-loop writes per latency run.
+    #[arg(long, default_value_t = 20)]
+    latency_secs: u64,
     /// Backlog of the rss scenario.
     #[arg(long, default_value_t = 1_000_000)]
     rss_events: usize,
@@ -114,6 +118,9 @@ enum Scenario {
     Faults,
     /// The handler's memory draining a 1,000,000-entry backlog (not part of `all`).
     Rss,
+    /// Commit → accepted latency of open-loop writes, default configuration, standalone and
+    /// Functions mode; the push path's database cost per event.
+    Latency,
     /// Every scenario but `rss`.
     All,
 }
@@ -388,6 +395,37 @@ async fn run(
             &mut failures,
         )
         .await?;
+    }
+    if args.wants(Scenario::Latency) {
+        let l = latency::run(&ctx, args.latency_secs, &mut failures).await?;
+        for (run, p50_goal, p99_goal) in [
+            ("standalone_default_50", Some(20.0), 100.0),
+            ("standalone_default_1000", None, 250.0),
+            ("functions_default_50", Some(20.0), 100.0),
+            ("functions_default_1000", None, 250.0),
+        ] {
+            if let Some(goal) = p50_goal {
+                targets.push(target(
+                    &format!("latency {run} p50"),
+                    "ms",
+                    &l[run]["commit_to_accepted_ms"]["p50"],
+                    Goal::AtMost(goal),
+                ));
+            }
+            targets.push(target(
+                &format!("latency {run} p99"),
+                "ms",
+                &l[run]["commit_to_accepted_ms"]["p99"],
+                Goal::AtMost(p99_goal),
+            ));
+        }
+        targets.push(target(
+            "push path mongod CPU per event",
+            "µs",
+            &l["push_mongod_cpu_us_per_event"],
+            Goal::AtMost(40.0),
+        ));
+        figures["latency"] = l;
     }
     if args.wants(Scenario::Rss) {
         figures["rss"] = scenarios::rss(&ctx, args.rss_events, &mut failures).await?;

@@ -135,8 +135,46 @@ pub(crate) async fn start_handler(
                 exe.display()
             )
         })?;
-    let mut proc = Proc::new(child)?;
+    let proc = Proc::new(child)?;
     let base = format!("http://127.0.0.1:{port}");
+    // The handler prepares the database (collections, indexes) in the background right after
+    // it starts listening; `wait_until_ready` lets that finish outside the measurements.
+    wait_until_ready(proc, base, http).await
+}
+
+/// Starts the release `handler` in Functions mode (no command, `FUNCTIONS_CUSTOMHANDLER_PORT`
+/// set, as the host starts it) with exactly `env`, and waits until it answers `GET /` as the
+/// host's readiness probe does. Returns it with its base URL, where the envelope routes are.
+pub(crate) async fn start_functions_handler(
+    bins: &Path,
+    env: &BTreeMap<String, String>,
+    http: &reqwest::Client,
+) -> anyhow::Result<(Proc, String)> {
+    let exe = bins.join("handler");
+    let port = devstack::pick_free_port().context("cannot pick a port for the handler")?;
+    let child = Command::new(&exe)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(env)
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let proc = Proc::new(child)?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ready(proc, base, http).await
+}
+
+/// Waits until `proc` answers `GET /` on `base` (30 s at most), then a second for its start-up
+/// work (collections, indexes) to finish outside the measurements.
+async fn wait_until_ready(
+    mut proc: Proc,
+    base: String,
+    http: &reqwest::Client,
+) -> anyhow::Result<(Proc, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = http.get(format!("{base}/")).send().await
@@ -152,8 +190,6 @@ pub(crate) async fn start_handler(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The handler prepares the database (collections, indexes) in the background right after
-    // it starts listening; let that finish outside the measurements.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok((proc, base))
 }

@@ -59,6 +59,15 @@ impl Ctx<'_> {
         Ok(response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A control call to the receiver without a body; its JSON answer (`null` if none).
+    pub(crate) async fn receiver_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<Value> {
+        self.receiver(method, path, None).await
+    }
+
     async fn reset_receiver_faults(&self) -> anyhow::Result<()> {
         self.receiver(reqwest::Method::DELETE, "/_receiver/faults", None)
             .await?;
@@ -105,7 +114,7 @@ impl Ctx<'_> {
             .await?)
     }
 
-    async fn drop_database(&self, database: &str) {
+    pub(crate) async fn drop_database(&self, database: &str) {
         let _ = self.client.database(database).drop().await;
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Relay;
-use super::report::RelayReport;
+use super::report::{RelayReport, StopReason};
 use super::time::{far_future, instant_after, millis};
 use crate::outbox::Storage;
 use crate::telemetry::chain;
@@ -61,10 +61,15 @@ impl Relay {
                 .drain_once(left.min(self.settings.time_budget), shutdown)
                 .await;
             total.merge(&run);
-            // A drain that stopped on its own budget left work: go on at once. Otherwise
-            // nothing is due (or the topic or database failed: do not spin) until woken.
-            if run.stopped == Some(super::StopReason::Budget) && run.made_progress() {
-                continue;
+            match &run.stopped {
+                // It stopped on its own budget and left work: go on at once.
+                Some(StopReason::Budget) if run.made_progress() => continue,
+                // Event Grid refused the configuration (key, topic, identity): that does not
+                // heal by waiting, so the invocation fails now and says why.
+                Some(StopReason::Misconfigured(_)) => break,
+                // Nothing is due, or the topic or database failed (it may come back: look
+                // again after the poll, without spinning).
+                _ => {}
             }
             tokio::select! {
                 () = wake.notified() => {}
