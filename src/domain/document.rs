@@ -152,6 +152,81 @@ impl std::fmt::Display for DocumentId {
     }
 }
 
+/// What is checked before the body is parsed: a JSON media type, the size, not empty.
+fn check_envelope(
+    content_type: Option<&str>,
+    body: &[u8],
+    max_body_bytes: usize,
+) -> Result<(), InputError> {
+    match content_type {
+        Some(ct) if is_json_content_type(ct) => {}
+        other => {
+            return Err(InputError::UnsupportedMediaType {
+                got: other.map(|s| s.chars().take(100).collect()),
+            });
+        }
+    }
+    if body.len() > max_body_bytes {
+        return Err(InputError::TooLarge {
+            what: "body",
+            size: body.len(),
+            limit: max_body_bytes,
+        });
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(InputError::Empty);
+    }
+    Ok(())
+}
+
+/// The body as JSON, or why it is not (with the line and column).
+fn parse_json(body: &[u8]) -> Result<Value, InputError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().starts_with("number out of range") {
+            return InputError::NumberOutOfRange {
+                path: format!("line {}, column {}", e.line(), e.column()),
+            };
+        }
+        InputError::MalformedJson {
+            reason: match e.classify() {
+                serde_json::error::Category::Eof => "unexpected end of input",
+                serde_json::error::Category::Syntax if e.to_string().contains("recursion") => {
+                    "nested too deeply"
+                }
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Data => "invalid value",
+                serde_json::error::Category::Io => "unreadable input",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    })
+}
+
+/// Removes `_id` from `fields` and settles the document's id: the body's, the URL's (they must
+/// agree when both are given), or a new one.
+fn take_id(
+    fields: &mut serde_json::Map<String, Value>,
+    route_id: Option<&DocumentId>,
+) -> Result<DocumentId, InputError> {
+    match (fields.shift_remove("_id"), route_id) {
+        (None, None) => Ok(DocumentId::generate()),
+        (None, Some(route)) => Ok(route.clone()),
+        (Some(Value::String(s)), route) => {
+            let id = DocumentId::parse(&s)?;
+            if route.is_some_and(|r| *r != id) {
+                return Err(InputError::InvalidId {
+                    reason: "the body's _id differs from the id in the URL".into(),
+                });
+            }
+            Ok(id)
+        }
+        (Some(other), _) => Err(InputError::InvalidId {
+            reason: format!("must be a string, got {}", kind_of(&other)),
+        }),
+    }
+}
+
 fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | ':' | '@')
 }
@@ -194,44 +269,8 @@ impl NewDocument {
         max_body_bytes: usize,
         route_id: Option<&DocumentId>,
     ) -> Result<Self, InputError> {
-        match content_type {
-            Some(ct) if is_json_content_type(ct) => {}
-            other => {
-                return Err(InputError::UnsupportedMediaType {
-                    got: other.map(|s| s.chars().take(100).collect()),
-                });
-            }
-        }
-        if body.len() > max_body_bytes {
-            return Err(InputError::TooLarge {
-                what: "body",
-                size: body.len(),
-                limit: max_body_bytes,
-            });
-        }
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(InputError::Empty);
-        }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            if e.to_string().starts_with("number out of range") {
-                return InputError::NumberOutOfRange {
-                    path: format!("line {}, column {}", e.line(), e.column()),
-                };
-            }
-            InputError::MalformedJson {
-                reason: match e.classify() {
-                    serde_json::error::Category::Eof => "unexpected end of input",
-                    serde_json::error::Category::Syntax if e.to_string().contains("recursion") => {
-                        "nested too deeply"
-                    }
-                    serde_json::error::Category::Syntax => "syntax error",
-                    serde_json::error::Category::Data => "invalid value",
-                    serde_json::error::Category::Io => "unreadable input",
-                },
-                line: e.line(),
-                column: e.column(),
-            }
-        })?;
+        check_envelope(content_type, body, max_body_bytes)?;
+        let value = parse_json(body)?;
         // serde_json turns an integer literal too long for 64 bits into an approximate float;
         // MongoDB would then store a different number than the client sent.
         check_integer_literals(body)?;
@@ -240,24 +279,7 @@ impl NewDocument {
                 found: kind_of(&value),
             });
         };
-        let id = match (fields.shift_remove("_id"), route_id) {
-            (None, None) => DocumentId::generate(),
-            (None, Some(route)) => route.clone(),
-            (Some(Value::String(s)), route) => {
-                let id = DocumentId::parse(&s)?;
-                if route.is_some_and(|r| *r != id) {
-                    return Err(InputError::InvalidId {
-                        reason: "the body's _id differs from the id in the URL".into(),
-                    });
-                }
-                id
-            }
-            (Some(other), _) => {
-                return Err(InputError::InvalidId {
-                    reason: format!("must be a string, got {}", kind_of(&other)),
-                });
-            }
-        };
+        let id = take_id(&mut fields, route_id)?;
         if let Some(reserved) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
             return Err(InputError::InvalidKey {
                 path: format!("$.{reserved}"),

@@ -27,8 +27,12 @@ use super::time::{far_future, instant_after, millis};
 use crate::outbox::Storage;
 use crate::telemetry::chain;
 
-/// Wait before opening a change stream again after it failed or was refused.
-const REOPEN_AFTER: Duration = Duration::from_secs(30);
+/// First wait before opening a change stream again after it failed or was refused; it doubles
+/// up to [`REOPEN_AT_MOST`] while opening keeps failing (a server that refuses the pipeline is
+/// asked once a minute), and starts again from here once a stream was open.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to open the change stream.
+const REOPEN_AT_MOST: Duration = Duration::from_secs(60);
 
 impl Relay {
     /// Relays until `shutdown`, or for `budget` when one is given; returns what all its drains
@@ -85,10 +89,11 @@ impl Relay {
     }
 }
 
-/// Wakes the tail for every new unheld entry while a change stream can be had; retries one
-/// every [`REOPEN_AFTER`] otherwise. Says once why it polls instead.
+/// Wakes the tail for every new unheld entry while a change stream can be had; tries to open
+/// one again after a failure, waiting longer each time it cannot. Says once why it polls.
 async fn watch(storage: Arc<Storage>, wake: Arc<Notify>, stop: CancellationToken) {
     let mut told = false;
+    let mut wait = REOPEN_AFTER;
     loop {
         let opened = match storage.ready().await {
             Ok(ready) => ready.store.watch_new_unheld().await,
@@ -98,6 +103,9 @@ async fn watch(storage: Arc<Storage>, wake: Arc<Notify>, stop: CancellationToken
             Ok(mut stream) => {
                 tracing::debug!("Watching the outbox for entries nobody holds");
                 told = false;
+                wait = REOPEN_AFTER;
+                // Whatever arrived while no stream was open is found by this drain.
+                wake.notify_one();
                 loop {
                     tokio::select! {
                         next = stream.next() => match next {
@@ -121,8 +129,9 @@ async fn watch(storage: Arc<Storage>, wake: Arc<Notify>, stop: CancellationToken
             Err(_) => {}
         }
         tokio::select! {
-            () = tokio::time::sleep(REOPEN_AFTER) => {}
+            () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
+        wait = (wait * 2).min(REOPEN_AT_MOST);
     }
 }

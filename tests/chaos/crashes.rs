@@ -73,6 +73,55 @@ async fn relays_killed_at_random_points_lose_nothing_and_repeat_only_unrecorded_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushing_handlers_killed_while_writing_lose_nothing() {
+    let scale = Scale::get();
+    let ledger = Ledger::new("sigkill_mid_push");
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    // The push path on: each committed event is published by the process that wrote it, at
+    // once; a kill lands between commits and publishes, mid-publish, or between a 200 and
+    // its record. The holds of a killed process's entries end after the 2 s lease; the final
+    // handler's drains (the sweeper) take them then.
+    let settings = chaos_settings(&db, &rx, &[("OUTBOX_PUSH", "on")]);
+    let writes = Writes::new("push");
+    rx.handle().set_latency(Some(Duration::from_millis(20)));
+    let iterations = scale.pick(5, 40);
+
+    for i in 0..iterations {
+        let h = Handler::functions(&settings).await;
+        let lo = high_water(&rx);
+        let stop = CancellationToken::new();
+        let killer = async {
+            tokio::time::sleep(millis(50, 700)).await;
+            h.sigkill();
+            stop.cancel();
+        };
+        tokio::join!(
+            writes.until([&h], &ledger, 4, Duration::ZERO, &stop),
+            killer,
+        );
+        let mut h = h;
+        h.kill().await;
+        ledger.keep_output(&format!("pushing handler #{i} (killed)"), &h.output());
+        ledger
+            .unrecorded_since(lo, &rx, &db, &format!("pushing handler #{i} killed"))
+            .await;
+    }
+    rx.handle().clear_faults();
+    let last = Handler::functions(&settings).await;
+    writes.batch(&last, &ledger, 10, 2).await;
+    let ticks = drain_to_completion(&[&last], &db, Duration::from_secs(90)).await;
+    ledger.keep_output("final handler", &last.output());
+    ledger.note("kills", iterations);
+    ledger.note("final_ticks", ticks.ticks);
+
+    let row = ledger.verify(&db, &rx, false).await;
+
+    assert!(row.committed > 0, "{row:?}");
+    teardown(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mongod_restarted_mid_drain_loses_nothing_and_the_handler_recovers_by_itself() {
     let scale = Scale::get();
     let ledger = Ledger::new("mongod_restart");

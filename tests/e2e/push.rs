@@ -383,3 +383,78 @@ async fn the_rate_limit_spreads_a_burst_at_the_receiver() {
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_tail_reopens_its_change_stream_after_mongod_restarts() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tail-mongod-{}", uuid::Uuid::new_v4().simple()));
+    let mut rs = devstack::ReplicaSet::start(devstack::ReplicaSetOptions::new(&dir))
+        .await
+        .expect("a replica set of this test's own");
+    let uri = format!("{}&serverSelectionTimeoutMS=2000", rs.uri());
+    let db = TestDb::on(&uri, &[]).await;
+    let rx = receiver::start().await;
+    // The poll is a minute away: within the test only the change stream wakes the tail.
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_TAIL", "on"),
+            ("OUTBOX_POLL_MS", "60000"),
+            ("RUST_LOG", "info,outbox_relay::relay=debug"),
+        ],
+    ))
+    .await;
+    let watching = |n: usize| {
+        let output = handler.output();
+        output.matches("Watching the outbox").count() >= n
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !watching(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = insert_unheld(&db, "before-restart").await;
+    assert!(
+        rx.handle()
+            .wait_for_events(1, Duration::from_secs(15))
+            .await,
+        "{}",
+        handler.output()
+    );
+
+    rs.kill().await.expect("SIGKILL mongod");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rs.restart().await.expect("restart mongod");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !watching(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change stream was not opened again:\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = insert_unheld(&db, "after-restart").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !accepted(&rx).contains(&after) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail did not relay after the restart:\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `before` may arrive twice: the relay records a publish without waiting for the journal,
+    // and a SIGKILLed mongod can lose that record (a duplicate, never a loss).
+    assert_eq!(accepted(&rx), BTreeSet::from([before, after]));
+    drop(handler);
+    db.drop().await;
+    rs.stop().await.expect("stop mongod");
+    let _ = std::fs::remove_dir_all(&dir);
+}
