@@ -30,9 +30,9 @@ pub fn init(filter: &str, output: Output) {
         Output::Split => Level::ERROR,
         Output::Stderr => Level::TRACE,
     };
-    let writer = std::io::stderr
+    let writer = (|| Lossy(std::io::stderr()))
         .with_max_level(max_to_stderr)
-        .or_else(std::io::stdout);
+        .or_else(|| Lossy(std::io::stdout()));
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
@@ -42,6 +42,25 @@ pub fn init(filter: &str, output: Output) {
         .try_init();
     if let Some(e) = bad {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
+    }
+}
+
+/// A log destination whose failures are dropped. When stdout and stderr are both a pipe whose
+/// reader is gone (`make run … | tee` after Ctrl-C), a failed write would make
+/// `tracing-subscriber` report it with `eprintln!`, which panics on the same broken pipe —
+/// inside whatever task was logging, such as the one that turns SIGTERM into a shutdown. A lost
+/// log line is better than a process that can no longer stop.
+struct Lossy<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
     }
 }
 

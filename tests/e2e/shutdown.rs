@@ -245,3 +245,59 @@ async fn a_second_signal_stops_it_at_once() {
     drop(stalled);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_it_when_its_output_pipes_are_closed() {
+    // `make run 2>&1 | tee run.log`, then Ctrl-C: `tee` may die first, leaving stdout and
+    // stderr a pipe without a reader. Logging "Shutting down" then failed, tracing reported the
+    // failure with `eprintln!` on the same broken pipe, which panicked inside the task that turns
+    // the signal into a shutdown, and the process never stopped.
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let port = devstack::pick_free_port().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["serve", "--port", &port.to_string()])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("RUST_LOG", "info")
+        .envs(app_settings(&db, &rx, &[]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    outbox_relay::publisher::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the handler did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The reader goes away.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+
+    let pid = child.id().unwrap().to_string();
+    let started = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-s", "TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = tokio::time::timeout(SHUTDOWN_GRACE + SLACK, child.wait()).await;
+
+    assert!(
+        exited.is_ok(),
+        "still running {:?} after SIGTERM with its output pipes closed",
+        started.elapsed()
+    );
+    db.drop().await;
+}
