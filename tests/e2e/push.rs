@@ -67,6 +67,20 @@ async fn insert_unheld(db: &TestDb, id: &str) -> String {
     event.id.to_string()
 }
 
+/// Waits until the handler's tail has opened its change stream `times` times (its debug log says
+/// so each time).
+async fn wait_until_watching(handler: &Handler, times: usize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while handler.output().matches("Watching the outbox").count() < times {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail did not open its change stream (#{times}):\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn accepted(rx: &receiver::RunningReceiver) -> BTreeSet<String> {
     rx.handle().accepted_ids().into_iter().collect()
 }
@@ -161,15 +175,7 @@ async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
     ))
     .await;
     // The tail's first drain (at start) found nothing; wait until it watches.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !handler.output().contains("Watching the outbox") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tail never opened its change stream:\n{}",
-            handler.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_watching(&handler, 1, Duration::from_secs(15)).await;
 
     let id = insert_unheld(&db, "other-app-1").await;
 
@@ -405,19 +411,7 @@ async fn the_tail_reopens_its_change_stream_after_mongod_restarts() {
         ],
     ))
     .await;
-    let watching = |n: usize| {
-        let output = handler.output();
-        output.matches("Watching the outbox").count() >= n
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !watching(1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            handler.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_watching(&handler, 1, Duration::from_secs(15)).await;
     let before = insert_unheld(&db, "before-restart").await;
     assert!(
         rx.handle()
@@ -430,15 +424,7 @@ async fn the_tail_reopens_its_change_stream_after_mongod_restarts() {
     rs.kill().await.expect("SIGKILL mongod");
     tokio::time::sleep(Duration::from_secs(1)).await;
     rs.restart().await.expect("restart mongod");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !watching(2) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the change stream was not opened again:\n{}",
-            handler.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_watching(&handler, 2, Duration::from_secs(30)).await;
     let after = insert_unheld(&db, "after-restart").await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
