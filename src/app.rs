@@ -138,9 +138,9 @@ impl App {
         let mut documents =
             DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
         let mut background = Vec::new();
-        if let Some(inbox) = push_path(settings) {
-            documents = documents.with_push(inbox.0);
-            background.push(Background::Push(relay.clone(), inbox.1));
+        if let Some((handoff, inbox)) = push_path(settings) {
+            documents = documents.with_push(handoff);
+            background.push(Background::Push(relay.clone(), inbox));
         }
         let write = WriteDocumentHttp::new(documents, HttpFunction::load(&settings.app_root)?);
         let timer = OutboxTimer::new(relay.clone(), settings.relay.time_budget, shutdown.clone());

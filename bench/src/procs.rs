@@ -117,13 +117,47 @@ pub(crate) async fn start_handler(
     env: &BTreeMap<String, String>,
     http: &reqwest::Client,
 ) -> anyhow::Result<(Proc, String)> {
+    spawn_handler(bins, env, http, Mode::Standalone).await
+}
+
+/// Starts the release `handler` in Functions mode (no command, `FUNCTIONS_CUSTOMHANDLER_PORT`
+/// set, as the host starts it) with exactly `env`, and waits until it answers `GET /` as the
+/// host's readiness probe does. Returns it with its base URL, where the envelope routes are.
+pub(crate) async fn start_functions_handler(
+    bins: &Path,
+    env: &BTreeMap<String, String>,
+    http: &reqwest::Client,
+) -> anyhow::Result<(Proc, String)> {
+    spawn_handler(bins, env, http, Mode::Functions).await
+}
+
+/// How a handler is started.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Standalone,
+    Functions,
+}
+
+/// Starts the release `handler` on a free port in `mode` with only `env` (the environment is
+/// cleared first), and waits until it is ready.
+async fn spawn_handler(
+    bins: &Path,
+    env: &BTreeMap<String, String>,
+    http: &reqwest::Client,
+    mode: Mode,
+) -> anyhow::Result<(Proc, String)> {
     let exe = bins.join("handler");
     let port = devstack::pick_free_port().context("cannot pick a port for the handler")?;
-    let child = Command::new(&exe)
-        .args(["serve", "--port", &port.to_string()])
+    let mut command = Command::new(&exe);
+    command
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .envs(env)
+        .envs(env);
+    match mode {
+        Mode::Standalone => command.args(["serve", "--port", &port.to_string()]),
+        Mode::Functions => command.env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
+    };
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -136,36 +170,9 @@ pub(crate) async fn start_handler(
             )
         })?;
     let proc = Proc::new(child)?;
-    let base = format!("http://127.0.0.1:{port}");
     // The handler prepares the database (collections, indexes) in the background right after
     // it starts listening; `wait_until_ready` lets that finish outside the measurements.
-    wait_until_ready(proc, base, http).await
-}
-
-/// Starts the release `handler` in Functions mode (no command, `FUNCTIONS_CUSTOMHANDLER_PORT`
-/// set, as the host starts it) with exactly `env`, and waits until it answers `GET /` as the
-/// host's readiness probe does. Returns it with its base URL, where the envelope routes are.
-pub(crate) async fn start_functions_handler(
-    bins: &Path,
-    env: &BTreeMap<String, String>,
-    http: &reqwest::Client,
-) -> anyhow::Result<(Proc, String)> {
-    let exe = bins.join("handler");
-    let port = devstack::pick_free_port().context("cannot pick a port for the handler")?;
-    let child = Command::new(&exe)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .envs(env)
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    let proc = Proc::new(child)?;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_ready(proc, base, http).await
+    wait_until_ready(proc, format!("http://127.0.0.1:{port}"), http).await
 }
 
 /// Waits until `proc` answers `GET /` on `base` (30 s at most), then a second for its start-up

@@ -154,13 +154,19 @@ impl RelaySettings {
     /// before a claim's lease ends.
     #[must_use]
     pub fn time_to_claim(&self, publish_timeout: Duration) -> Duration {
-        publish_timeout.saturating_add(self.lease / LEASE_MARGIN_DIVISOR)
+        time_to_claim(publish_timeout, self.lease)
     }
 }
 
 /// Share of a lease kept free at its end: no request may still be running then, so that a
 /// slow response never overlaps another relay's claim of the same entries.
 pub const LEASE_MARGIN_DIVISOR: u32 = 10;
+
+/// One publish request plus the margin kept before a lease ends: what a drain needs left to
+/// claim a batch (used by the relay, and by the start-up check of the budget).
+fn time_to_claim(publish_timeout: Duration, lease: Duration) -> Duration {
+    publish_timeout.saturating_add(lease / LEASE_MARGIN_DIVISOR)
+}
 
 /// A budget shorter than one publish (plus the lease margin) lets a run claim nothing at all:
 /// the outbox would silently never drain. Refused at start-up, naming both settings.
@@ -169,8 +175,7 @@ fn check_budget(
     publish_timeout: Duration,
     lease: Duration,
 ) -> Result<(), ConfigError> {
-    let needed = publish_timeout.saturating_add(lease / LEASE_MARGIN_DIVISOR);
-    if budget <= needed {
+    if budget <= time_to_claim(publish_timeout, lease) {
         return Err(ConfigError::new(
             "OUTBOX_TIME_BUDGET_SECS",
             format!(

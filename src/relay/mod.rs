@@ -166,7 +166,7 @@ impl Relay {
     /// stop claiming (nothing due, budget spent, stopped, or the database failed).
     async fn next_claim(&self, store: &OutboxStore, run: &mut Run) -> Option<Claim> {
         // Enough time must be left to publish a claimed batch at least once.
-        let cutoff = self.publisher.timeout().saturating_add(self.lease_margin());
+        let cutoff = self.settings.time_to_claim(self.publisher.timeout());
         loop {
             run.wait_for_slot(self.settings.publish_concurrency.get())
                 .await;
