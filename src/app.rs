@@ -62,7 +62,10 @@ fn push_path(settings: &Settings) -> Option<(Handoff, Inbox)> {
         );
         return None;
     }
-    Some(push::channel(settings.relay.lease))
+    Some(push::channel(
+        settings.relay.lease,
+        settings.relay.write_wait,
+    ))
 }
 
 /// A bound, ready-to-run handler.

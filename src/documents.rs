@@ -106,6 +106,9 @@ pub struct Written {
     /// `true` when this is the recorded answer of an earlier request with the same
     /// `Idempotency-Key`; nothing was written this time.
     pub replayed: bool,
+    /// With `OUTBOX_WRITE_WAIT_MS`: whether the event was published before the answer
+    /// (`false`: not yet; the push path or the sweeper publishes it). `None`: not waited for.
+    pub published: Option<bool>,
 }
 
 /// Why a write did not happen. In every case nothing was written, except that for
@@ -208,10 +211,14 @@ impl DocumentService {
         let deadline = started + settings.write_timeout;
         let written = match retry::until_deadline(deadline, || writer.write(change)).await {
             Ok(committed) => {
-                if let (Some(push), Some(hold)) = (&self.push, planned.hold) {
-                    push.kick(committed.decision.event.clone(), hold);
+                let kicked = (self.push.as_ref())
+                    .zip(planned.hold)
+                    .map(|(push, hold)| (push, push.kick(committed.decision.event.clone(), hold)));
+                let mut written = written(&plan, committed);
+                if let Some((push, receipt)) = kicked {
+                    written.published = push.wait(receipt).await;
                 }
-                Ok(written(&plan, committed))
+                Ok(written)
             }
             Err(GaveUp::TimedOut) => Err(unavailable(None)),
             Err(GaveUp::Failed(failure)) => refused(writer, &plan, failure).await,
@@ -236,6 +243,7 @@ fn written(plan: &Plan, committed: Committed) -> Written {
         event_id: decision.event.id,
         revision: decision.revision,
         replayed: false,
+        published: None,
     }
 }
 
@@ -327,6 +335,7 @@ fn replay(found: &Recorded, fingerprint: &str) -> Result<Written, WriteError> {
             lineage: w.lineage.clone(),
         },
         replayed: true,
+        published: None,
     })
 }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::OutboxEvent;
 use crate::outbox::store::{ClaimToken, Hold};
@@ -30,13 +30,22 @@ pub struct Pushed {
     pub event: OutboxEvent,
     /// The hold its entry was written with.
     pub hold: Hold,
+    /// Told once the event is published and recorded; dropped unsent otherwise (the write
+    /// that waits for it, `OUTBOX_WRITE_WAIT_MS`, then answers "not yet").
+    pub published: oneshot::Sender<()>,
 }
+
+/// What a write may wait on: resolves once its pushed event is published and recorded.
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<()>);
 
 /// The writing side of the hand-off, kept by the documents use case. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Handoff {
     token: ClaimToken,
     lease: Duration,
+    /// `OUTBOX_WRITE_WAIT_MS`: how long a write waits for its own publish (zero: not at all).
+    wait: Duration,
     queue: mpsc::Sender<Pushed>,
 }
 
@@ -50,15 +59,17 @@ pub struct Inbox {
 }
 
 /// A hand-off whose holds last `lease` (the relay's `OUTBOX_LEASE_SECS`, so that a pushed
-/// event's publish has the same time as a claimed one's).
+/// event's publish has the same time as a claimed one's), and whose writes wait up to `wait`
+/// for their own publish (`OUTBOX_WRITE_WAIT_MS`; zero: they answer at once).
 #[must_use]
-pub fn channel(lease: Duration) -> (Handoff, Inbox) {
+pub fn channel(lease: Duration, wait: Duration) -> (Handoff, Inbox) {
     let token = ClaimToken::new();
     let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
     (
         Handoff {
             token,
             lease,
+            wait,
             queue,
         },
         Inbox {
@@ -85,10 +96,16 @@ impl Handoff {
 
     /// Hands a committed event to the publisher without waiting. When the queue is full (the
     /// topic is slower than the writes) or the push loop has stopped, the event is left to the
-    /// sweeper: it is published when its hold ends.
-    pub fn kick(&self, event: OutboxEvent, hold: Hold) {
+    /// sweeper: it is published when its hold ends (its receipt then never resolves).
+    pub fn kick(&self, event: OutboxEvent, hold: Hold) -> Receipt {
         let id = event.id;
-        if let Err(e) = self.queue.try_send(Pushed { event, hold }) {
+        let (published, receipt) = oneshot::channel();
+        let pushed = Pushed {
+            event,
+            hold,
+            published,
+        };
+        if let Err(e) = self.queue.try_send(pushed) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "the push queue is full",
                 mpsc::error::TrySendError::Closed(_) => "the push loop has stopped",
@@ -99,6 +116,20 @@ impl Handoff {
                 "An event was not pushed; the sweeper publishes it when its hold ends"
             );
         }
+        Receipt(receipt)
+    }
+
+    /// Waits up to `OUTBOX_WRITE_WAIT_MS` for a kicked event's publish: `Some(true)` when it
+    /// was published and recorded in time, `Some(false)` when not (yet: the push failed, or
+    /// was slower than the wait; the sweeper owns it then), `None` when writes do not wait.
+    pub async fn wait(&self, receipt: Receipt) -> Option<bool> {
+        if self.wait.is_zero() {
+            return None;
+        }
+        Some(matches!(
+            tokio::time::timeout(self.wait, receipt.0).await,
+            Ok(Ok(()))
+        ))
     }
 }
 
@@ -108,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kicked_event_arrives_with_its_hold_and_the_shared_token() {
-        let (handoff, mut inbox) = channel(Duration::from_secs(60));
+        let (handoff, mut inbox) = channel(Duration::from_secs(60), Duration::ZERO);
         let hold = handoff.hold();
         assert_eq!(hold.token, inbox.token);
         let ahead = hold.until - Utc::now();
@@ -122,15 +153,47 @@ mod tests {
             serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             Utc::now(),
         );
-        handoff.kick(event.clone(), hold);
+        let receipt = handoff.kick(event.clone(), hold);
         let pushed = inbox.queue.recv().await.unwrap();
         assert_eq!(pushed.event.id, event.id);
         assert_eq!(pushed.hold, hold);
+        assert_eq!(
+            handoff.wait(receipt).await,
+            None,
+            "writes do not wait by default"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_write_learns_whether_its_event_was_published_in_time() {
+        let (handoff, mut inbox) = channel(Duration::from_secs(60), Duration::from_secs(5));
+        let event = |n| {
+            crate::domain::OutboxEvent::new(
+                crate::domain::EventId::for_change("d", "c", "1", "l", n),
+                "c/1".into(),
+                "T".into(),
+                "1.0".into(),
+                serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                Utc::now(),
+            )
+        };
+        let receipt = handoff.kick(event(1), handoff.hold());
+        let pushed = inbox.queue.recv().await.unwrap();
+        pushed.published.send(()).unwrap();
+        assert_eq!(handoff.wait(receipt).await, Some(true));
+
+        let receipt = handoff.kick(event(2), handoff.hold());
+        drop(inbox.queue.recv().await.unwrap());
+        assert_eq!(
+            handoff.wait(receipt).await,
+            Some(false),
+            "a push that did not publish answers at once, without the whole wait"
+        );
     }
 
     #[test]
     fn a_lease_too_long_to_add_holds_until_now_rather_than_panicking() {
-        let (handoff, _inbox) = channel(Duration::MAX);
+        let (handoff, _inbox) = channel(Duration::MAX, Duration::ZERO);
         let hold = handoff.hold();
         assert!(hold.until <= Utc::now());
     }

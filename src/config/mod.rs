@@ -664,7 +664,15 @@ mod tests {
         assert!(s.relay.push && s.relay.tail);
         assert_eq!(s.relay.linger, Duration::from_millis(5));
         assert_eq!(s.relay.poll, Duration::from_secs(1));
+        assert_eq!(
+            s.relay.write_wait,
+            Duration::ZERO,
+            "writes never wait by default"
+        );
         assert_eq!(s.eventgrid.max_events_per_sec, None);
+        let e = err(&[("OUTBOX_PUSH", "off"), ("OUTBOX_WRITE_WAIT_MS", "50")]);
+        assert_eq!(e.setting, "OUTBOX_WRITE_WAIT_MS");
+        assert!(e.reason.contains("OUTBOX_PUSH=on"), "{e}");
         let s = Settings::from_env(&with(&[
             ("OUTBOX_PUSH", "OFF"),
             ("OUTBOX_TAIL", "false"),
@@ -680,6 +688,7 @@ mod tests {
             ("OUTBOX_LINGER_MS", "1001"),
             ("OUTBOX_POLL_MS", "0"),
             ("EVENTGRID_MAX_EVENTS_PER_SEC", "0"),
+            ("OUTBOX_WRITE_WAIT_MS", "10001"),
         ] {
             let e = err(&[(name, bad)]);
             assert_eq!(e.setting, name, "{name}={bad}: {e}");

@@ -34,6 +34,11 @@ const MAX_LINGER: Limit = Limit {
     max: Duration::from_secs(1),
     said: "1000 milliseconds",
 };
+/// `OUTBOX_WRITE_WAIT_MS`: a write waits at most this long for its own publish.
+const MAX_WRITE_WAIT: Limit = Limit {
+    max: Duration::from_secs(10),
+    said: "10000 milliseconds",
+};
 /// `OUTBOX_POLL_MS`: the tail's longest wait between two looks at the outbox.
 const MAX_POLL: Limit = Limit {
     max: Duration::from_secs(3600),
@@ -62,6 +67,9 @@ pub struct RelaySettings {
     pub push: bool,
     /// How long the push path waits for more events to share a request.
     pub linger: Duration,
+    /// `OUTBOX_WRITE_WAIT_MS`: how long a write waits for its own event's publish before it
+    /// answers (zero: it answers at once).
+    pub write_wait: Duration,
     /// `OUTBOX_TAIL`: relay continuously (standalone), or for the whole budget of each timer
     /// invocation (Functions), instead of one drain per schedule tick.
     pub tail: bool,
@@ -133,6 +141,20 @@ impl RelaySettings {
                 "a whole number of milliseconds",
             )?),
         )?;
+        let write_wait = MAX_WRITE_WAIT.check(
+            "OUTBOX_WRITE_WAIT_MS",
+            Duration::from_millis(env.parse_or(
+                "OUTBOX_WRITE_WAIT_MS",
+                0,
+                "a whole number of milliseconds",
+            )?),
+        )?;
+        if !push && !write_wait.is_zero() {
+            return Err(ConfigError::new(
+                "OUTBOX_WRITE_WAIT_MS",
+                "needs OUTBOX_PUSH=on: without the push path a write has no publish of its own to wait for",
+            ));
+        }
         let tail = env.switch_or("OUTBOX_TAIL", true)?;
         let poll = env.millis_within("OUTBOX_POLL_MS", 1000, MAX_POLL)?;
         Ok(Self {
@@ -145,6 +167,7 @@ impl RelaySettings {
             max_backoff,
             push,
             linger,
+            write_wait,
             tail,
             poll,
         })

@@ -158,15 +158,16 @@ fn success(function: &HttpFunction, w: &Written) -> ApiResponse {
         Operation::Created => StatusCode::CREATED,
         Operation::Replaced | Operation::Deleted => StatusCode::OK,
     };
-    let mut r = ApiResponse::json(
-        status,
-        &json!({
-            "id": w.document_id.as_str(),
-            "eventId": w.event_id.to_string(),
-            "version": w.revision.version,
-            "operation": w.operation.as_str(),
-        }),
-    );
+    let mut body = json!({
+        "id": w.document_id.as_str(),
+        "eventId": w.event_id.to_string(),
+        "version": w.revision.version,
+        "operation": w.operation.as_str(),
+    });
+    if let Some(published) = w.published {
+        body["published"] = published.into();
+    }
+    let mut r = ApiResponse::json(status, &body);
     if w.operation != Operation::Deleted {
         r = r.with_header(header::ETAG, w.revision.etag());
     }

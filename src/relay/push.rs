@@ -13,6 +13,7 @@
 //! the sweeper owns the entry.
 
 use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,9 +61,18 @@ impl Relay {
                     continue;
                 }
             };
-            let claim = held_claim(inbox.token, batch);
+            let (claim, receipts) = held_claim(inbox.token, batch);
             let flight = self.in_flight(claim, store, far_future(), CancellationToken::new());
-            in_flight.spawn(flight.run());
+            in_flight.spawn(async move {
+                let report = flight.run().await;
+                if report.all_published(receipts.len()) {
+                    for receipt in receipts {
+                        // A write that stopped waiting has dropped its end: nothing to tell.
+                        let _ = receipt.send(());
+                    }
+                }
+                report
+            });
             totals.batches += 1;
         }
         while let Some(done) = in_flight.join_next().await {
@@ -117,26 +127,32 @@ impl Relay {
 }
 
 /// The pushed events as the claim their holds make: fenced by the process's token, lasting
-/// until the earliest hold ends, and marked by id (their holds end at different times).
-fn held_claim(token: ClaimToken, batch: Vec<Pushed>) -> Claim {
+/// until the earliest hold ends, and marked by id (their holds end at different times); and
+/// the receipts of the writes that may wait for them.
+fn held_claim(token: ClaimToken, batch: Vec<Pushed>) -> (Claim, Vec<oneshot::Sender<()>>) {
     let lease_until = batch
         .iter()
         .map(|p| p.hold.until)
         .min()
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    Claim {
-        token,
-        lease_until,
-        entries: batch
-            .into_iter()
-            .map(|p| ClaimedEntry {
+    let (entries, receipts) = batch
+        .into_iter()
+        .map(|p| {
+            let entry = ClaimedEntry {
                 event: p.event,
                 attempts: 0,
-            })
-            .collect(),
+            };
+            (entry, p.published)
+        })
+        .unzip();
+    let claim = Claim {
+        token,
+        lease_until,
+        entries,
         contended: 0,
         ranged: false,
-    }
+    };
+    (claim, receipts)
 }
 
 impl Totals {
@@ -167,6 +183,7 @@ mod tests {
 
     fn pushed(n: u64, until_secs: i64) -> Pushed {
         Pushed {
+            published: oneshot::channel().0,
             event: OutboxEvent::new(
                 EventId::for_change("d", "c", "1", "l", n),
                 "c/1".into(),
@@ -185,7 +202,9 @@ mod tests {
     #[test]
     fn a_pushed_batch_is_a_claim_until_its_earliest_hold_marked_by_id() {
         let token = ClaimToken::new();
-        let claim = held_claim(token, vec![pushed(1, 300), pushed(2, 100), pushed(3, 200)]);
+        let (claim, receipts) =
+            held_claim(token, vec![pushed(1, 300), pushed(2, 100), pushed(3, 200)]);
+        assert_eq!(receipts.len(), 3);
         assert_eq!(claim.token, token);
         assert_eq!(claim.lease_until, DateTime::from_timestamp(100, 0).unwrap());
         assert!(!claim.ranged, "holds end at different times: mark by id");

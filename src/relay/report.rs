@@ -239,6 +239,13 @@ pub(super) struct BatchReport {
     pub(super) stop: Option<StopReason>,
 }
 
+impl BatchReport {
+    /// Whether all `entries` of the batch were published and recorded as such.
+    pub(super) fn all_published(&self, entries: usize) -> bool {
+        self.published == entries as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

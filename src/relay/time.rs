@@ -74,6 +74,7 @@ mod tests {
             max_backoff,
             push: false,
             linger: Duration::from_millis(5),
+            write_wait: Duration::ZERO,
             tail: false,
             poll: Duration::from_secs(1),
         }

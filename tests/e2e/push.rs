@@ -118,6 +118,56 @@ async fn a_committed_event_is_pushed_without_any_drain() {
 }
 
 #[tokio::test]
+async fn a_write_that_waits_for_its_publish_answers_after_the_topic_accepted_it() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &with(&[PUSH_ONLY, &[("OUTBOX_WRITE_WAIT_MS", "5000")]]),
+    ))
+    .await;
+    let write = |id: &'static str| {
+        handler
+            .http()
+            .post(handler.url("/api/documents"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"_id":"{id}","n":1}}"#))
+            .send()
+    };
+
+    let res = write("waits-1").await.unwrap();
+    assert_eq!(res.status(), 201, "{}", handler.output());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["published"], true, "{body}");
+    // Checked at once, no waiting: the topic had the event before the client had its answer.
+    assert!(
+        accepted(&rx).contains(body["eventId"].as_str().unwrap()),
+        "the answer said published, but the receiver has not accepted {body}"
+    );
+
+    // The topic failing: the write still commits and answers 201, saying "not yet".
+    rx.handle()
+        .push_fault(receiver::Fault::Fail(receiver::FailRule {
+            count: 1,
+            status: 503,
+            retry_after: None,
+            retry_after_ms: None,
+        }))
+        .unwrap();
+    let res = write("waits-2").await.unwrap();
+    assert_eq!(res.status(), 201, "{}", handler.output());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["published"], false, "{body}");
+    assert_eq!(
+        db.count_entries_with("pending").await,
+        1,
+        "the sweeper owns it now"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_handler_killed_between_commit_and_publish_loses_nothing() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;
