@@ -51,6 +51,18 @@ pub(crate) async fn seed(
     env: &BTreeMap<String, String>,
     n: usize,
 ) -> anyhow::Result<f64> {
+    Ok(seed_held(client, env, n, None).await?.0)
+}
+
+/// [`seed`], the entries held by `hold` as the push path's writes hold theirs; with a hold,
+/// also the events, for the push loop.
+pub(crate) async fn seed_held(
+    client: &mongodb::Client,
+    env: &BTreeMap<String, String>,
+    n: usize,
+    hold: Option<store::Hold>,
+) -> anyhow::Result<(f64, Vec<OutboxEvent>)> {
+    let mut kept = Vec::new();
     let settings = MongoSettings::from_env(&Env::from_map(env.clone().into_iter().collect()))
         .context("the drain's MongoDB settings")?;
     let db = client.database(&settings.database);
@@ -96,8 +108,11 @@ pub(crate) async fn seed(
             collection,
             id.as_str(),
             None,
-            None,
+            hold,
         ));
+        if hold.is_some() {
+            kept.push(event);
+        }
         if chunk.len() == SEED_CHUNK || i + 1 == n {
             // One chunk in flight while the next is built.
             if let Some(previous) = inserting.take() {
@@ -112,7 +127,7 @@ pub(crate) async fn seed(
     if let Some(previous) = inserting {
         previous.await??;
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok((started.elapsed().as_secs_f64(), kept))
 }
 
 /// Seeds the backlog, starts a fresh handler and triggers drains until nothing remains.

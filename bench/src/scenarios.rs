@@ -36,7 +36,11 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn env_with(&self, database: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pub(crate) fn env_with(
+        &self,
+        database: &str,
+        extra: &[(&str, &str)],
+    ) -> BTreeMap<String, String> {
         let mut env = self.env.clone();
         env.insert("MONGODB_DATABASE".into(), database.into());
         for (k, v) in extra {

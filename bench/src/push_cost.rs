@@ -1,0 +1,187 @@
+//! The relay's own database cost per delivered event, push path beside sweeper, measured apart
+//! from the writes that made the entries.
+//!
+//! The latency scenario can only estimate the push path's `mongod` CPU as the difference of two
+//! noisy runs (writes with and without publishing). Here the entries are seeded first, exactly
+//! as the writes store them (held by the push path's token, or due for a drain), and only then
+//! is `mongod`'s CPU measured, while the product's own relay (in this process) publishes them:
+//!
+//! - **push**: the events are handed to `Relay::push` at a steady rate (as commits would hand
+//!   them over), so its batches form by `OUTBOX_LINGER_MS` as they do under that write rate;
+//! - **sweeper**: the same backlog, unheld, taken by `Relay::drain_once` (claim, publish, mark).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mongodb::bson::{Document, doc};
+use outbox_relay::config::{Env, Settings};
+use outbox_relay::db::Db;
+use outbox_relay::outbox::{Storage, store};
+use outbox_relay::publisher::Publisher;
+use outbox_relay::push;
+use outbox_relay::relay::Relay;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::procs::CpuMeter;
+use crate::round;
+use crate::scenarios::Ctx;
+
+/// Measures both paths over `events` entries each; the push path is fed at `rate` events/s.
+pub(crate) async fn run(ctx: &Ctx<'_>, events: usize, rate: u32) -> anyhow::Result<Value> {
+    let idle = idle_cpu_per_sec(ctx).await;
+    Ok(json!({
+        "mongod_idle_cpu_ms_per_sec": round(idle * 1e3, 2),
+        "push": push_path(ctx, events, rate, None, idle).await?,
+        "push_linger_50ms": push_path(ctx, events, rate, Some("50"), idle).await?,
+        "sweeper": sweeper(ctx, events, idle).await?,
+        "method": format!("{events} entries of ~1 KB documents seeded first (not measured), then mongod CPU while the product's relay, in the benchmark's process, publishes them to the receiver: push = handed to the push loop at {rate}/s with the default OUTBOX_LINGER_MS (push_linger_50ms: 50 ms, to show the share of per-request costs); sweeper = the same backlog unheld, drained by drain_once; *_net = less mongod's own idle CPU (measured for 5 s before) over the same time"),
+    }))
+}
+
+/// The relay over `database`, with the benchmark's settings and a lease that outlasts the run.
+fn relay(
+    ctx: &Ctx<'_>,
+    database: &str,
+    linger_ms: Option<&str>,
+) -> anyhow::Result<(Settings, Relay)> {
+    let mut extra = vec![
+        ("OUTBOX_LEASE_SECS", "3600"),
+        ("OUTBOX_TIME_BUDGET_SECS", "600"),
+    ];
+    if let Some(ms) = linger_ms {
+        extra.push(("OUTBOX_LINGER_MS", ms));
+    }
+    let env = ctx.env_with(database, &extra);
+    let settings = Settings::from_env(&Env::from_map(env.into_iter().collect()))
+        .context("the push-cost settings")?;
+    let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
+    let publisher = Publisher::new(&settings.eventgrid).context("the publisher")?;
+    let relay = Relay::new(storage, publisher, settings.relay.clone());
+    Ok((settings, relay))
+}
+
+async fn push_path(
+    ctx: &Ctx<'_>,
+    events: usize,
+    rate: u32,
+    linger_ms: Option<&str>,
+    idle: f64,
+) -> anyhow::Result<Value> {
+    let database = "bench_push_cost_push";
+    let (settings, relay) = relay(ctx, database, linger_ms)?;
+    let (handoff, inbox) = push::channel(settings.relay.lease, Duration::ZERO);
+    let hold = handoff.hold();
+    let env = ctx.env_with(database, &[]);
+    let (_, seeded) = crate::drain::seed_held(ctx.client, &env, events, Some(hold)).await?;
+    ctx.receiver_call(reqwest::Method::DELETE, "/_receiver/events")
+        .await?;
+
+    let shutdown = CancellationToken::new();
+    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
+    let started = Instant::now();
+    let pushing = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.push(inbox, shutdown).await }
+    });
+    let period = Duration::from_secs(1) / rate.max(1);
+    let mut next = tokio::time::Instant::now();
+    for event in seeded {
+        drop(handoff.kick(event, hold));
+        next += period;
+        tokio::time::sleep_until(next).await;
+    }
+    let published = wait_published(ctx, database, events).await?;
+    let cpu_seconds = cpu.read();
+    let seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    pushing.await.context("the push loop")?;
+    ctx.drop_database(database).await;
+    Ok(figures(&cpu_seconds, published, seconds, idle))
+}
+
+async fn sweeper(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Value> {
+    let database = "bench_push_cost_sweeper";
+    let (settings, relay) = relay(ctx, database, None)?;
+    let env = ctx.env_with(database, &[]);
+    crate::drain::seed(ctx.client, &env, events).await?;
+    ctx.receiver_call(reqwest::Method::DELETE, "/_receiver/events")
+        .await?;
+    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
+    let started = Instant::now();
+    for _ in 0..100 {
+        let report = relay
+            .drain_once(settings.relay.time_budget, &CancellationToken::new())
+            .await;
+        if report.remaining == Some(0) {
+            break;
+        }
+    }
+    let published = wait_published(ctx, database, events).await?;
+    let cpu_seconds = cpu.read();
+    let seconds = started.elapsed().as_secs_f64();
+    ctx.drop_database(database).await;
+    Ok(figures(&cpu_seconds, published, seconds, idle))
+}
+
+/// Waits until the receiver has `events` events and the entries are all marked published
+/// (watching the receiver, not `mongod`, so that the wait costs `mongod` nothing until the end).
+async fn wait_published(ctx: &Ctx<'_>, database: &str, events: usize) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let stats = ctx
+            .receiver_call(reqwest::Method::GET, "/_receiver/stats")
+            .await?;
+        if stats["accepted_events"].as_u64().unwrap_or(0) >= events as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let entries = ctx
+        .client
+        .database(database)
+        .collection::<Document>("outbox");
+    let mut published = 0;
+    while Instant::now() < deadline {
+        published = entries
+            .count_documents(doc! { store::field::STATUS: "published" })
+            .await?;
+        if published >= events as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(published)
+}
+
+/// `mongod`'s CPU seconds per second while nobody uses it (replication heartbeats, the no-op
+/// writer, diagnostics, checkpoints): a 20-second push run pays for that too.
+async fn idle_cpu_per_sec(ctx: &Ctx<'_>) -> f64 {
+    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let used = cpu
+        .read()
+        .get("mongod")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    used / started.elapsed().as_secs_f64()
+}
+
+fn figures(
+    cpu_seconds: &serde_json::Map<String, Value>,
+    published: u64,
+    seconds: f64,
+    idle: f64,
+) -> Value {
+    let mongod = cpu_seconds.get("mongod").and_then(Value::as_f64);
+    let per_event = |cpu: f64| round(cpu * 1e6 / (published.max(1) as f64), 1);
+    json!({
+        "published": published,
+        "seconds": round(seconds, 1),
+        "mongod_cpu_seconds": mongod,
+        "mongod_cpu_us_per_event": mongod.map(per_event),
+        "mongod_cpu_us_per_event_net": mongod.map(|m| per_event((m - idle * seconds).max(0.0))),
+    })
+}
