@@ -129,7 +129,7 @@ impl Planned<'_> {
         let Some(header) = self.plan.if_match.as_deref() else {
             return Ok(());
         };
-        if revision.matches(header) {
+        if revision.matches_strongly(header) {
             return Ok(());
         }
         // RFC 9110 §13.1.1: an If-Match that is neither `*` nor a list of entity tags makes
@@ -141,6 +141,10 @@ impl Planned<'_> {
                 format!(
                     "If-Match: entity tags are quoted, as the ETag header gives them: send If-Match: \"{tag}\""
                 )
+            }
+            None if revision.matches(header) => {
+                "If-Match compares entity tags strongly (RFC 9110): send the ETag without W/"
+                    .to_owned()
             }
             None => "If-Match does not name the current revision".to_owned(),
         };
@@ -345,6 +349,10 @@ mod tests {
             panic!("not a precondition failure")
         };
         assert_eq!(reason, "If-Match does not name the current revision");
+        let Refusal::PreconditionFailed { reason, .. } = refusal("W/\"L.4\"") else {
+            panic!("a weak tag must not satisfy If-Match")
+        };
+        assert!(reason.contains("strongly"), "{reason}");
         let foreign = doc! { "_id": "d-1", "tenant": "old" };
         let refused = decide(
             &plan(Method::Delete, "", Some("\"L.4\""), None),

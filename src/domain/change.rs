@@ -119,8 +119,8 @@ impl Revision {
         format!("\"{}.{}\"", self.lineage, self.version)
     }
 
-    /// Does an `If-Match` / `If-None-Match` list (`"a", "b"`, `W/"c"` or `*`) name this
-    /// revision? Weak tags match as their strong value, since bodies are never transformed.
+    /// Does an `If-None-Match` list (`"a", "b"`, `W/"c"` or `*`) name this revision? RFC 9110
+    /// §13.1.2 compares weakly: `W/"c"` names the revision whose tag is `"c"`.
     #[must_use]
     pub fn matches(&self, header: &str) -> bool {
         let etag = self.etag();
@@ -128,6 +128,17 @@ impl Revision {
             .split(',')
             .map(str::trim)
             .any(|t| t == "*" || t == etag || t.strip_prefix("W/").is_some_and(|w| w == etag))
+    }
+
+    /// Does an `If-Match` list name this revision? RFC 9110 §13.1.1 compares strongly: a weak
+    /// tag (`W/"c"`) never matches, since it cannot promise the very bytes a write builds on.
+    #[must_use]
+    pub fn matches_strongly(&self, header: &str) -> bool {
+        let etag = self.etag();
+        header
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t == etag)
     }
 }
 
@@ -214,6 +225,13 @@ mod tests {
         assert_eq!(r.etag(), "\"abc.3\"");
         assert!(r.matches("\"abc.3\""));
         assert!(r.matches("W/\"abc.3\""));
+        assert!(
+            !r.matches_strongly("W/\"abc.3\""),
+            "If-Match compares strongly"
+        );
+        assert!(r.matches_strongly("W/\"abc.3\", \"abc.3\""));
+        assert!(r.matches_strongly("*"));
+        assert!(!r.matches_strongly("\"abc.2\""));
         assert!(r.matches("\"x.1\", \"abc.3\""));
         assert!(r.matches("*"));
         assert!(!r.matches("\"abc.2\""));
