@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{EventSchema, Settings};
 use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
@@ -140,6 +140,9 @@ impl App {
         let relay = Relay::new(Arc::clone(&storage), publisher, settings.relay.clone());
         let mut documents =
             DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
+        if settings.eventgrid.schema == EventSchema::CloudEvents {
+            documents = documents.with_cloudevents_source(settings.eventgrid.source.clone());
+        }
         let mut background = Vec::new();
         if let Some((handoff, inbox)) = push_path(settings) {
             documents = documents.with_push(handoff);

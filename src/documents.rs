@@ -160,6 +160,9 @@ pub struct DocumentService {
     /// The push path: when set, each write holds its entry for this process and hands the
     /// event to the publisher right after the commit.
     push: Option<Handoff>,
+    /// The topic's CloudEvents `source` prefix when it takes CloudEvents, whose envelope is
+    /// larger: a write whose event would not fit on the wire is refused before it is written.
+    cloudevents_source: Option<String>,
 }
 
 impl DocumentService {
@@ -171,6 +174,17 @@ impl DocumentService {
             storage,
             event_types,
             push: None,
+            cloudevents_source: None,
+        }
+    }
+
+    /// The same service, for a topic taking CloudEvents with this `source` prefix
+    /// (`EVENTGRID_SOURCE`): event sizes are checked against that envelope.
+    #[must_use]
+    pub fn with_cloudevents_source(self, source: String) -> Self {
+        Self {
+            cloudevents_source: Some(source),
+            ..self
         }
     }
 
@@ -191,7 +205,12 @@ impl DocumentService {
     pub async fn write(&self, request: WriteRequest<'_>) -> Result<Written, WriteError> {
         let started = Instant::now();
         let settings = self.storage.settings();
-        let plan = Plan::new(&request, settings, &self.event_types)?;
+        let plan = Plan::new(
+            &request,
+            settings,
+            &self.event_types,
+            self.cloudevents_source.as_deref(),
+        )?;
         tracing::Span::current().record("document.id", plan.id.as_str());
         let ready = tokio::time::timeout(settings.write_timeout, self.storage.ready())
             .await

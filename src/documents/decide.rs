@@ -252,7 +252,7 @@ mod tests {
             idempotency_key: None,
             traceparent: None,
         };
-        Plan::new(&request, &settings(), &types()).unwrap()
+        Plan::new(&request, &settings(), &types(), None).unwrap()
     }
 
     fn types() -> EventTypes {

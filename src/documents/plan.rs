@@ -50,10 +50,17 @@ impl Plan {
         request: &WriteRequest<'_>,
         settings: &MongoSettings,
         event_types: &EventTypes,
+        cloudevents_source: Option<&str>,
     ) -> Result<Self, WriteError> {
         let (id, document) = target(request)?;
         if let Some(d) = &document {
-            let size = largest_event_bytes(&settings.collection, &id, d, event_types);
+            let size = largest_event_bytes(
+                &settings.collection,
+                &id,
+                d,
+                event_types,
+                cloudevents_source,
+            );
             if size > MAX_EVENT_BYTES {
                 return Err(InputError::TooLarge {
                     what: "event",
@@ -111,14 +118,15 @@ fn target(request: &WriteRequest<'_>) -> Result<(DocumentId, Option<NewDocument>
     Ok((id, document))
 }
 
-/// The size, as Event Grid JSON, of the largest event a write of `document` can produce: that
-/// of a replacement with the longest version number and a lineage as long as the ones this
-/// code mints (an ObjectId's hex digits). The event is built only to be measured.
+/// The size of the largest event this document's writes can produce, as it goes on the wire:
+/// Event Grid JSON, or CloudEvents JSON with this topic's `source` (`cloudevents_source`), with
+/// the longest version, sequence and `traceparent` an event can carry.
 fn largest_event_bytes(
     collection: &str,
     id: &DocumentId,
     document: &NewDocument,
     event_types: &EventTypes,
+    cloudevents_source: Option<&str>,
 ) -> usize {
     let lineage = "0".repeat(24);
     let data = change_data(
@@ -135,9 +143,22 @@ fn largest_event_bytes(
         DATA_VERSION.to_owned(),
         data,
         Utc::now(),
-    );
-    largest.to_event_grid_json().len() + EVENT_SIZE_SLACK
+    )
+    .with_sequence(u64::MAX)
+    .with_traceparent(Some(LONGEST_TRACEPARENT));
+    let wire = match cloudevents_source {
+        None => largest.to_event_grid_json().len(),
+        Some(prefix) => {
+            let mut out = Vec::new();
+            largest.write_cloudevents_json(&format!("{prefix}/{collection}"), &mut out);
+            out.len()
+        }
+    };
+    wire + EVENT_SIZE_SLACK
 }
+
+/// A W3C `traceparent` (they all have this length).
+const LONGEST_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// The request's `Idempotency-Key`, parsed, with the request's fingerprint.
 fn idempotency_of(request: &WriteRequest<'_>) -> Result<Option<Idempotency>, InputError> {
@@ -157,4 +178,69 @@ fn idempotency_of(request: &WriteRequest<'_>) -> Result<Option<Idempotency>, Inp
         body,
     );
     Ok(Some(Idempotency { key, fingerprint }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+
+    fn settings() -> MongoSettings {
+        let map = [("MONGODB_URI", "mongodb://127.0.0.1:27017")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        MongoSettings::from_env(&Env::from_map(map)).expect("test settings")
+    }
+
+    fn plan(body: &str, cloudevents_source: Option<&str>) -> Result<Plan, WriteError> {
+        let request = WriteRequest {
+            method: Method::Create,
+            id: None,
+            content_type: Some("application/json"),
+            body: body.as_bytes(),
+            if_match: None,
+            if_none_match: None,
+            idempotency_key: None,
+            traceparent: None,
+        };
+        let types = EventTypes::Fixed("T".into());
+        Plan::new(&request, &settings(), &types, cloudevents_source)
+    }
+
+    fn body(pad: usize) -> String {
+        format!(r#"{{"_id":"d-1","pad":"{}"}}"#, "a".repeat(pad))
+    }
+
+    #[test]
+    fn an_event_that_fits_event_grid_json_but_not_cloudevents_is_refused_for_cloudevents() {
+        // Grow the document until its Event Grid rendering is 50 bytes under the limit.
+        let types = EventTypes::Fixed("T".into());
+        let id = DocumentId::parse("d-1").expect("a valid id");
+        let size = |pad: usize| {
+            let doc = NewDocument::parse(
+                Some("application/json"),
+                body(pad).as_bytes(),
+                usize::MAX,
+                None,
+            )
+            .expect("a valid document");
+            largest_event_bytes("documents", &id, &doc, &types, None)
+        };
+        let pad = MAX_EVENT_BYTES - 50 - size(0);
+        assert_eq!(size(pad), MAX_EVENT_BYTES - 50);
+
+        assert!(plan(&body(pad), None).is_ok(), "fits as Event Grid JSON");
+        let refused = plan(&body(pad), Some("/outbox-relay"));
+        assert!(
+            matches!(
+                refused,
+                Err(WriteError::Input(InputError::TooLarge {
+                    what: "event",
+                    ..
+                }))
+            ),
+            "the CloudEvents envelope (source, specversion, sequence, traceparent) is larger: {:?}",
+            refused.map(|_| ())
+        );
+    }
 }
