@@ -26,6 +26,7 @@ use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
 use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
+use crate::metrics::export::Exporters;
 use crate::outbox::Storage;
 use crate::publisher::Publisher;
 use crate::push::{self, Handoff, Inbox};
@@ -74,6 +75,8 @@ pub struct App {
     background: Vec<Background>,
     storage: Arc<Storage>,
     shutdown: CancellationToken,
+    /// The metrics' exporters, flushed when serving ends.
+    exporters: Exporters,
 }
 
 /// Work that runs beside serving, started by [`App::run`] and stopped with it.
@@ -84,6 +87,8 @@ enum Background {
     Tail(Relay),
     /// The push path's publisher (`OUTBOX_PUSH=on`).
     Push(Relay, Inbox),
+    /// Reads the backlog for the metrics every interval, when anything exports them.
+    Backlog(Relay, Duration),
 }
 
 impl Background {
@@ -92,6 +97,7 @@ impl Background {
             Self::Schedule(..) => "schedule",
             Self::Tail(_) => "tail",
             Self::Push(..) => "push",
+            Self::Backlog(..) => "backlog",
         }
     }
 
@@ -106,6 +112,9 @@ impl Background {
             }),
             Self::Push(relay, inbox) => tokio::spawn(async move {
                 relay.push(inbox, shutdown).await;
+            }),
+            Self::Backlog(relay, every) => tokio::spawn(async move {
+                relay.sample_backlog(every, shutdown).await;
             }),
         };
         (name, task)
@@ -131,6 +140,10 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        // Before anything records: the instruments bind to the provider installed here, and its
+        // HTTP clients need the TLS provider.
+        crate::publisher::install_crypto_provider();
+        let exporters = Exporters::install(&settings.metrics, mode == Mode::Standalone)?;
         // The one place the core is built; every adapter gets its part of it.
         let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
         let publisher = Publisher::new(&settings.eventgrid)?;
@@ -138,6 +151,12 @@ impl App {
         let mut documents =
             DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
         let mut background = Vec::new();
+        if exporters.any(&settings.metrics) {
+            background.push(Background::Backlog(
+                relay.clone(),
+                settings.metrics.backlog_interval,
+            ));
+        }
         if let Some((handoff, inbox)) = push_path(settings) {
             documents = documents.with_push(handoff);
             background.push(Background::Push(relay.clone(), inbox));
@@ -161,6 +180,13 @@ impl App {
             Mode::Functions => functions::router(write, timer),
             Mode::Standalone => standalone::router(write, timer, settings.standalone_key.clone()),
         };
+        let router = match exporters.prometheus() {
+            Some(text) => router.merge(standalone::metrics::routes(
+                text,
+                settings.standalone_key.clone(),
+            )),
+            None => router,
+        };
         Ok(Self {
             listener,
             router,
@@ -168,6 +194,7 @@ impl App {
             background,
             storage,
             shutdown,
+            exporters,
         })
     }
 
@@ -194,6 +221,7 @@ impl App {
             background,
             storage,
             shutdown,
+            exporters,
         } = self;
         tracing::info!(
             address = %listener.local_addr()?,
@@ -230,6 +258,8 @@ impl App {
         let served = serve_until_stopped(serving, &shutdown, &open, tasks).await;
         prepare.abort();
         let _ = prepare.await;
+        // The push exporters send what they have not yet; blocking, so off the workers.
+        let _ = tokio::task::spawn_blocking(move || exporters.shutdown()).await;
         tracing::info!("Stopped");
         served.context("serving HTTP failed")
     }

@@ -62,7 +62,7 @@ impl Relay {
             };
             let claim = held_claim(inbox.token, batch);
             let flight = self.in_flight(claim, store, far_future(), CancellationToken::new());
-            in_flight.spawn(flight.run());
+            in_flight.spawn(flight.run_on(crate::metrics::Path::Push));
             totals.batches += 1;
         }
         while let Some(done) = in_flight.join_next().await {

@@ -239,6 +239,18 @@ pub(super) struct BatchReport {
     pub(super) stop: Option<StopReason>,
 }
 
+impl BatchReport {
+    /// Counts the batch's outcomes in the metrics, as published by `path`.
+    pub(super) fn record_metrics(&self, path: crate::metrics::Path) {
+        crate::metrics::global().outcomes(
+            path,
+            self.published,
+            self.rescheduled,
+            self.dead_lettered,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
