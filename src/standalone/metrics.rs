@@ -1,6 +1,6 @@
 //! `GET /metrics`: the Prometheus text exposition of every instrument, behind the same key as
-//! the other routes when one is set (Prometheus sends it with `authorization`-less scrapes as
-//! `?code=` or an `x-functions-key` header; see the README).
+//! the other routes when one is set (a scrape configuration sends it as `?code=`; see the
+//! README).
 
 use std::sync::Arc;
 
