@@ -395,3 +395,92 @@ async fn the_push_path_and_the_sweeper_are_counted_apart() {
     promtool_check_metrics(&text).await;
     db.drop().await;
 }
+
+#[tokio::test]
+async fn application_insights_gets_the_metrics_from_the_connection_string() {
+    let db = TestDb::new().await;
+    let (rx, topic_key) = receiver_with_own_key().await;
+    let ingestion = OtlpSink::start_tls().await;
+    let ca_file = ingestion.ca_file().unwrap().display().to_string();
+    let instrumentation_key = uuid::Uuid::new_v4().to_string();
+    let connection = format!(
+        "InstrumentationKey={instrumentation_key};IngestionEndpoint={}/",
+        ingestion.endpoint()
+    );
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[
+            ("EVENTGRID_TOPIC_KEY", &topic_key),
+            ("OUTBOX_SCHEDULE", NEVER),
+            ("OUTBOX_METRICS_INTERVAL_SECS", "1"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("APPLICATIONINSIGHTS_CONNECTION_STRING", &connection),
+            ("SSL_CERT_FILE", &ca_file),
+        ],
+    ))
+    .await;
+    write(&handler, None, "ai-1").await;
+    write(&handler, None, "ai-2").await;
+    let metric = |envelopes: &[Value], name: &str| -> Vec<f64> {
+        envelopes
+            .iter()
+            .flat_map(|e| {
+                e["data"]["baseData"]["metrics"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|m| m["name"] == name)
+            .filter_map(|m| m["value"].as_f64())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !metric(&ingestion.track_envelopes(), "outbox.backlog").contains(&2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "no backlog of 2 reached Application Insights:\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = drain(&handler, None).await;
+    assert_eq!(report["published"], 2, "{report}");
+    // Counters go out as deltas: their sum over every envelope is the total.
+    while metric(&ingestion.track_envelopes(), "outbox.events.published")
+        .iter()
+        .sum::<f64>()
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the published count never reached Application Insights"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let envelopes = ingestion.track_envelopes();
+    assert_eq!(
+        metric(&envelopes, "outbox.events.published")
+            .iter()
+            .sum::<f64>(),
+        2.0
+    );
+    assert!(
+        envelopes
+            .iter()
+            .all(|e| e["iKey"] == instrumentation_key.as_str())
+    );
+    for r in ingestion.received() {
+        assert_no_secret(
+            "an Application Insights upload",
+            &r.body,
+            &[&topic_key, &db.uri_for_handler()],
+        );
+    }
+    assert_no_secret(
+        "the handler's output",
+        handler.output().as_bytes(),
+        &[&topic_key, &instrumentation_key],
+    );
+    db.drop().await;
+}
