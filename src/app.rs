@@ -41,6 +41,9 @@ use crate::telemetry::chain;
 /// their lease runs out (delivery is at least once).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the stop waits for the push exporters to send the last metrics.
+const METRICS_FLUSH: Duration = Duration::from_secs(5);
+
 /// Which routes to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -258,8 +261,12 @@ impl App {
         let served = serve_until_stopped(serving, &shutdown, &open, tasks).await;
         prepare.abort();
         let _ = prepare.await;
-        // The push exporters send what they have not yet; blocking, so off the workers.
-        let _ = tokio::task::spawn_blocking(move || exporters.shutdown()).await;
+        // The push exporters send what they have not yet: blocking, so off the workers, and
+        // bounded, since an unreachable endpoint would hold the stop for its retries.
+        let flush = tokio::task::spawn_blocking(move || exporters.shutdown());
+        if tokio::time::timeout(METRICS_FLUSH, flush).await.is_err() {
+            tracing::warn!("The last metrics could not be sent in time; stopping without them");
+        }
         tracing::info!("Stopped");
         served.context("serving HTTP failed")
     }

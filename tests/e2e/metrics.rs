@@ -3,6 +3,8 @@
 //! official proto definitions, after a known sequence of writes, drains and failures; the push
 //! path's share; and no secret in any of them.
 
+mod throttling;
+
 use std::time::Duration;
 
 use eventgrid_receiver::{Fault, ReceiverConfig, RunningReceiver};
