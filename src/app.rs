@@ -26,6 +26,7 @@ use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
 use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
+use crate::metrics::export::Exporters;
 use crate::outbox::Storage;
 use crate::publisher::Publisher;
 use crate::push::{self, Handoff, Inbox};
@@ -39,6 +40,9 @@ use crate::telemetry::chain;
 /// short loses nothing: entries a drain had claimed stay pending and are published again once
 /// their lease runs out (delivery is at least once).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the stop waits for the push exporters to send the last metrics.
+const METRICS_FLUSH: Duration = Duration::from_secs(5);
 
 /// Which routes to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,8 @@ pub struct App {
     background: Vec<Background>,
     storage: Arc<Storage>,
     shutdown: CancellationToken,
+    /// The metrics' exporters, flushed when serving ends.
+    exporters: Exporters,
 }
 
 /// Work that runs beside serving, started by [`App::run`] and stopped with it.
@@ -87,6 +93,8 @@ enum Background {
     Tail(Relay),
     /// The push path's publisher (`OUTBOX_PUSH=on`).
     Push(Relay, Inbox),
+    /// Reads the backlog for the metrics every interval, when anything exports them.
+    Backlog(Relay, Duration),
 }
 
 impl Background {
@@ -95,6 +103,7 @@ impl Background {
             Self::Schedule(..) => "schedule",
             Self::Tail(_) => "tail",
             Self::Push(..) => "push",
+            Self::Backlog(..) => "backlog",
         }
     }
 
@@ -109,6 +118,9 @@ impl Background {
             }),
             Self::Push(relay, inbox) => tokio::spawn(async move {
                 relay.push(inbox, shutdown).await;
+            }),
+            Self::Backlog(relay, every) => tokio::spawn(async move {
+                relay.sample_backlog(every, shutdown).await;
             }),
         };
         (name, task)
@@ -134,6 +146,10 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        // Before anything records: the instruments bind to the provider installed here, and its
+        // HTTP clients need the TLS provider.
+        crate::publisher::install_crypto_provider();
+        let exporters = Exporters::install(&settings.metrics, mode == Mode::Standalone)?;
         // The one place the core is built; every adapter gets its part of it.
         let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
         let publisher = Publisher::new(&settings.eventgrid)?;
@@ -144,6 +160,12 @@ impl App {
             documents = documents.with_cloudevents_source(settings.eventgrid.source.clone());
         }
         let mut background = Vec::new();
+        if exporters.any(&settings.metrics) {
+            background.push(Background::Backlog(
+                relay.clone(),
+                settings.metrics.backlog_interval,
+            ));
+        }
         if let Some((handoff, inbox)) = push_path(settings) {
             documents = documents.with_push(handoff);
             background.push(Background::Push(relay.clone(), inbox));
@@ -167,6 +189,13 @@ impl App {
             Mode::Functions => functions::router(write, timer),
             Mode::Standalone => standalone::router(write, timer, settings.standalone_key.clone()),
         };
+        let router = match exporters.prometheus() {
+            Some(text) => router.merge(standalone::metrics::routes(
+                text,
+                settings.standalone_key.clone(),
+            )),
+            None => router,
+        };
         Ok(Self {
             listener,
             router,
@@ -174,6 +203,7 @@ impl App {
             background,
             storage,
             shutdown,
+            exporters,
         })
     }
 
@@ -200,6 +230,7 @@ impl App {
             background,
             storage,
             shutdown,
+            exporters,
         } = self;
         tracing::info!(
             address = %listener.local_addr()?,
@@ -236,6 +267,12 @@ impl App {
         let served = serve_until_stopped(serving, &shutdown, &open, tasks).await;
         prepare.abort();
         let _ = prepare.await;
+        // The push exporters send what they have not yet: blocking, so off the workers, and
+        // bounded, since an unreachable endpoint would hold the stop for its retries.
+        let flush = tokio::task::spawn_blocking(move || exporters.shutdown());
+        if tokio::time::timeout(METRICS_FLUSH, flush).await.is_err() {
+            tracing::warn!("The last metrics could not be sent in time; stopping without them");
+        }
         tracing::info!("Stopped");
         served.context("serving HTTP failed")
     }

@@ -90,9 +90,18 @@ const UNAVAILABLE_CODES: &[i32] = &[
 /// Codes meaning "rerun the operation".
 const TRANSIENT_CODES: &[i32] = &[112, 251, 24, 246];
 
-/// Classifies a driver error.
+/// Classifies a driver error, counting throttling in the `outbox.db.throttled` metric.
 #[must_use]
 pub fn classify(e: mongodb::error::Error) -> DbError {
+    let classified = classify_quietly(e);
+    if matches!(classified, DbError::Throttled { .. }) {
+        crate::metrics::global().db_throttled();
+    }
+    classified
+}
+
+/// [`classify`] without counting (it recurses into a transaction's cause).
+fn classify_quietly(e: mongodb::error::Error) -> DbError {
     let code = error_code(&e);
     if matches!(code, Some(11000 | 11001)) {
         return DbError::Conflict(e);
@@ -131,7 +140,7 @@ pub fn classify(e: mongodb::error::Error) -> DbError {
         && let Some(source) =
             std::error::Error::source(&e).and_then(|s| s.downcast_ref::<mongodb::error::Error>())
     {
-        return match classify(source.clone()) {
+        return match classify_quietly(source.clone()) {
             DbError::Other(_) => DbError::Other(e),
             DbError::Conflict(_) => DbError::Conflict(e),
             DbError::Transient(_) => DbError::Transient(e),

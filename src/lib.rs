@@ -6,6 +6,8 @@
 //! - [`config`] — settings from the environment (the only reader of it).
 //! - [`telemetry`] — logging set-up.
 //! - [`domain`] — validated documents, event ids, the event itself. No I/O.
+//! - [`metrics`] — the instruments the core records through, and their exporters (OTLP,
+//!   Application Insights, Prometheus text); a leaf.
 //! - [`db`] — the MongoDB client and driver-error classification; a leaf.
 //! - [`outbox`] — storage of documents' changes with their outbox entries: the placement
 //!   (chosen once), the write side ([`outbox::write`]), the relay side ([`outbox::store`]).
@@ -26,6 +28,7 @@ pub mod db;
 pub mod documents;
 pub mod domain;
 pub mod functions;
+pub mod metrics;
 pub mod ops;
 pub mod outbox;
 pub mod publisher;

@@ -8,7 +8,7 @@
 //! pass a map instead of mutating the process environment.
 //!
 //! One file per area: `mongo.rs` (where the data lives), `eventgrid.rs` (the topic),
-//! `relay.rs` (draining); here the reader, the standalone and event type settings, and
+//! `relay.rs` (draining), `metrics.rs` (exporters: the standard `OTEL_*` names); here the reader, the standalone and event type settings, and
 //! [`Settings`], which reads them all.
 //!
 //! | Setting | Default | Meaning |
@@ -49,6 +49,7 @@
 //! | `RUST_LOG` | `info` | log filter |
 
 mod eventgrid;
+mod metrics;
 mod mongo;
 mod relay;
 
@@ -59,6 +60,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use self::eventgrid::{CredentialKind, EventGridAuth, EventGridSettings, EventSchema};
+pub use self::metrics::{MetricsSettings, OtlpSettings};
 pub use self::mongo::{MongoSettings, PlacementSetting};
 pub use self::relay::{LEASE_MARGIN_DIVISOR, RelaySettings};
 use crate::domain::EventTypes;
@@ -285,6 +287,8 @@ pub struct Settings {
     pub standalone_key: Option<SecretString>,
     /// App root: where `host.json` and the function folders are.
     pub app_root: PathBuf,
+    /// Where metrics go.
+    pub metrics: MetricsSettings,
 }
 
 impl Settings {
@@ -345,6 +349,7 @@ impl Settings {
             standalone_bind,
             standalone_key,
             app_root,
+            metrics: MetricsSettings::from_env(env)?,
         })
     }
 

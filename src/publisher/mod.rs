@@ -260,6 +260,7 @@ impl Publisher {
             Ok(header) => header,
             Err(no_token) => return no_token,
         };
+        let started = std::time::Instant::now();
         let response = self
             .client
             .post(self.url.clone())
@@ -269,6 +270,8 @@ impl Publisher {
             .body(body)
             .send()
             .await;
+        let status = response.as_ref().ok().map(|r| r.status().as_u16());
+        crate::metrics::global().eventgrid_request(status, started.elapsed());
         match response {
             Ok(r) => outcome(r).await,
             Err(e) => {

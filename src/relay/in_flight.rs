@@ -14,6 +14,7 @@ use super::time::{ends_by, next_attempt_at};
 use crate::config::RelaySettings;
 use crate::db::DbError;
 use crate::domain::{EventId, MAX_EVENT_BYTES};
+use crate::metrics::Path;
 use crate::outbox::store::{ClaimToken, OutboxStore};
 use crate::outbox::{ClaimedEntry, LastError};
 use crate::publisher::backoff::quick_retry_delay;
@@ -47,9 +48,16 @@ impl InFlight {
         self.entries[range].iter().map(|e| e.event.id).collect()
     }
 
+    /// [`Self::run`], then counts the outcomes in the metrics as published by `path`.
+    pub(super) async fn run_on(self, path: Path) -> BatchReport {
+        let report = self.run().await;
+        report.record_metrics(path);
+        report
+    }
+
     /// Publishes the batch in requests Event Grid accepts, splitting rejected ones, and
     /// records every outcome; gives the rest back untouched once the run stops.
-    pub(super) async fn run(self) -> BatchReport {
+    async fn run(self) -> BatchReport {
         let mut report = BatchReport::default();
         let sizes: Vec<usize> = self.rendered.iter().map(Vec::len).collect();
         let ranges = batch::pack(&sizes, MAX_REQUEST_BYTES, MAX_REQUEST_EVENTS);
@@ -116,6 +124,7 @@ impl InFlight {
         match marked {
             Ok(n) => {
                 report.published += n;
+                crate::metrics::global().publish_lags(self.lags(&report.accepted, now));
                 let oldest = report
                     .accepted
                     .iter()
@@ -134,6 +143,18 @@ impl InFlight {
             }
             Err(e) => self.record_failed(report, &e, "mark entries published"),
         }
+    }
+
+    /// Each accepted entry's time from its change's commit to `now` (its commit → publish lag).
+    fn lags<'a>(
+        &'a self,
+        accepted: &'a [Range<usize>],
+        now: DateTime<Utc>,
+    ) -> impl Iterator<Item = Duration> + 'a {
+        accepted
+            .iter()
+            .flat_map(|r| self.entries[r.clone()].iter())
+            .map(move |e| (now - e.event.event_time).to_std().unwrap_or_default())
     }
 
     /// Publishes one request (with quick retries) and records the outcome.

@@ -28,6 +28,7 @@
 //! record of each outcome. `report.rs`: what a run did, and its one log line. `time.rs`:
 //! checked time arithmetic (a duration can be anything; adding it never panics).
 
+mod backlog;
 mod in_flight;
 mod push;
 mod report;
@@ -51,6 +52,7 @@ use self::time::{far_future, instant_after, millis};
 use crate::config::LEASE_MARGIN_DIVISOR;
 use crate::config::RelaySettings;
 use crate::db::DbError;
+use crate::metrics::Path;
 use crate::outbox::Storage;
 use crate::outbox::store::{Claim, Expiry, OutboxStore};
 use crate::publisher::Publisher;
@@ -141,7 +143,7 @@ impl Relay {
         while let Some(claim) = self.next_claim(&store, &mut run).await {
             run.report.claimed += claim.entries.len() as u64;
             let batch = self.in_flight(claim, store.clone(), deadline, run.stop.clone());
-            run.in_flight.spawn(batch.run());
+            run.in_flight.spawn(batch.run_on(Path::Sweep));
         }
         let mut report = run.finish().await;
         if shutdown.is_cancelled() {
@@ -206,6 +208,7 @@ impl Relay {
                 self.settings.batch_size.get(),
             )
             .await?;
+        crate::metrics::global().claim_conflicts(claim.contended);
         if claim.entries.is_empty() {
             return Ok(if claim.contended > 0 {
                 Next::ClaimAgain

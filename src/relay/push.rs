@@ -64,7 +64,7 @@ impl Relay {
             let (claim, receipts) = held_claim(inbox.token, batch);
             let flight = self.in_flight(claim, store, far_future(), CancellationToken::new());
             in_flight.spawn(async move {
-                let report = flight.run().await;
+                let report = flight.run_on(crate::metrics::Path::Push).await;
                 if report.all_published(receipts.len()) {
                     for receipt in receipts {
                         // A write that stopped waiting has dropped its end: nothing to tell.

@@ -244,6 +244,16 @@ impl BatchReport {
     pub(super) fn all_published(&self, entries: usize) -> bool {
         self.published == entries as u64
     }
+
+    /// Counts the batch's outcomes in the metrics, as published by `path`.
+    pub(super) fn record_metrics(&self, path: crate::metrics::Path) {
+        crate::metrics::global().outcomes(
+            path,
+            self.published,
+            self.rescheduled,
+            self.dead_lettered,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Standalone mode (`handler serve`): what the Functions host would otherwise provide — the
 //! raw HTTP API without envelopes, the function-key check, the admin endpoint that runs the
-//! timer function now, and the timer's own [`schedule`].
+//! timer function now, the timer's own [`schedule`], and the Prometheus text at `GET /metrics`
+//! ([`metrics`]).
 //!
 //! A manual run (the admin endpoint) may overlap a scheduled one, as on the host; the relay is
 //! safe against it (entries are claimed under a lease, and every later update is fenced).
 
+pub mod metrics;
 pub mod schedule;
 
 use std::sync::Arc;

@@ -19,6 +19,7 @@ mod cosmos;
 mod envelope;
 mod lifecycle;
 mod make_run;
+mod metrics;
 mod openapi;
 mod ops;
 mod ordering;

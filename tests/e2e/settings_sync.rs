@@ -195,6 +195,9 @@ fn is_setting_name(s: &str) -> bool {
         "MONGODB_",
         "OUTBOX_",
         "EVENTGRID_",
+        // The ecosystem's own names win over the area-prefix rule (README, settings table).
+        "OTEL_",
+        "APPLICATIONINSIGHTS_",
     ]
     .iter()
     .any(|area| s.starts_with(area));

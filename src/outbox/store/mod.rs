@@ -46,6 +46,7 @@
 //! sync (NTP does, on Azure), or a fast clock sees leases expire early. Nothing is lost either
 //! way: an early takeover only risks a duplicate.
 
+mod backlog;
 mod claim;
 mod entry;
 mod fields;
@@ -60,6 +61,7 @@ use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
+pub use backlog::BacklogCounts;
 pub use claim::{Claim, ClaimToken, Hold};
 pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};

@@ -7,6 +7,8 @@
 
 pub mod host;
 pub mod mongo;
+pub mod otlp;
+pub mod prometheus;
 pub mod receiver;
 
 use std::collections::HashMap;
