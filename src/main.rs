@@ -54,6 +54,13 @@ enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check everything the relay depends on (database, indexes, Event Grid, timings) and say
+    /// how to fix what is wrong; exits non-zero when a check fails. Publishes nothing.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make dead-lettered entries pending again (attempts reset; history kept).
     // One of the two is required, and clap's error then names both.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all_dead"])))]
@@ -157,6 +164,9 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Outbox {
+            command: OutboxCommand::Doctor { json },
+        }) => doctor(env, json).await,
+        Some(Command::Outbox {
             command: OutboxCommand::Requeue { ids, all_dead },
         }) => {
             let settings = MongoSettings::from_env(env)?;
@@ -177,6 +187,31 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `handler outbox doctor`: the facts of the function app's files, the checks, the report.
+async fn doctor(env: &Env, json: bool) -> anyhow::Result<()> {
+    let settings = Settings::from_env(env)?;
+    let app = ops::doctor::AppFacts {
+        function_timeout: outbox_relay::functions::binding::function_timeout(&settings.app_root),
+        schedule: standalone::schedule::resolve(&settings)
+            .map(|s| ops::doctor::ScheduleFacts {
+                expression: s.expression().to_owned(),
+                interval: s.interval(),
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let report = ops::doctor::run(&settings, &app).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    anyhow::ensure!(
+        report.ok,
+        "the doctor found problems; each has its fix above"
+    );
+    Ok(())
 }
 
 async fn serve(

@@ -47,6 +47,7 @@
 //! way: an early takeover only risks a duplicate.
 
 mod claim;
+mod diagnose;
 mod entry;
 mod fields;
 mod indexes;
@@ -61,6 +62,7 @@ use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
 pub use claim::{Claim, ClaimToken, Hold};
+pub use diagnose::{ClaimPlan, IndexInfo};
 pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
 pub use indexes::{Expiry, ensure_indexes};
