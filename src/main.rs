@@ -61,6 +61,29 @@ enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish again the published events still retained in a time window, through the normal
+    /// publisher and rate limit, with their original ids. Ctrl-C stops after the request in
+    /// flight; the same command resumes without sending twice what Event Grid accepted.
+    Replay {
+        /// Events written at or after this time (RFC 3339, e.g. 2026-12-05T09:00:00Z).
+        #[arg(long, value_parser = ops::replay::parse_time)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Events written before this time [default: when the replay first started].
+        #[arg(long, value_parser = ops::replay::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events of this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give each event a derived id and a `replayof` naming the original.
+        #[arg(long)]
+        new_ids: bool,
+    },
     /// Make dead-lettered entries pending again (attempts reset; history kept).
     // One of the two is required, and clap's error then names both.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all_dead"])))]
@@ -167,6 +190,27 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             command: OutboxCommand::Doctor { json },
         }) => doctor(env, json).await,
         Some(Command::Outbox {
+            command:
+                OutboxCommand::Replay {
+                    since,
+                    until,
+                    subject,
+                    event_type,
+                    dry_run,
+                    new_ids,
+                },
+        }) => {
+            let request = ops::replay::ReplayRequest {
+                since,
+                until,
+                subject,
+                event_type,
+                dry_run,
+                new_ids,
+            };
+            replay(env, &request).await
+        }
+        Some(Command::Outbox {
             command: OutboxCommand::Requeue { ids, all_dead },
         }) => {
             let settings = MongoSettings::from_env(env)?;
@@ -211,6 +255,20 @@ async fn doctor(env: &Env, json: bool) -> anyhow::Result<()> {
         report.ok,
         "the doctor found problems; each has its fix above"
     );
+    Ok(())
+}
+
+/// `handler outbox replay`: the replay with a progress bar, stopped by Ctrl-C, and its summary.
+async fn replay(env: &Env, request: &ops::replay::ReplayRequest) -> anyhow::Result<()> {
+    let settings = Settings::from_env(env)?;
+    let interrupt = CancellationToken::new();
+    ops::replay::watch_interrupts(interrupt.clone());
+    let bar = ops::replay::Bar::new();
+    let summary = ops::replay::run(&settings, request, &interrupt, &bar).await;
+    drop(bar);
+    let summary = summary.context("replay stopped")?;
+    print!("{}", ops::replay::render_summary(&summary));
+    anyhow::ensure!(!summary.interrupted, "replay interrupted");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! everything the relay depends on and needs every setting.
 
 pub mod doctor;
+pub mod replay;
 
 use chrono::Utc;
 use serde::Serialize;

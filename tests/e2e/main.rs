@@ -26,6 +26,7 @@ mod ordering;
 mod push;
 mod read_document;
 mod relay;
+mod replay;
 mod settings_sync;
 mod shutdown;
 mod standalone;

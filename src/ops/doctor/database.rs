@@ -135,8 +135,8 @@ async fn connect(db: &Db) -> Result<Hello, Box<Check>> {
 fn connection_failure(where_: &str, e: &mongodb::error::Error) -> Check {
     const ID: &str = "database.connection";
     const TITLE: &str = "database connection";
-    let authentication = matches!(*e.kind, ErrorKind::Authentication { .. })
-        || crate::db::error_code(e) == Some(18);
+    let authentication =
+        matches!(*e.kind, ErrorKind::Authentication { .. }) || crate::db::error_code(e) == Some(18);
     let selection = matches!(*e.kind, ErrorKind::ServerSelection { .. });
     let message = crate::telemetry::chain(e);
     if authentication {

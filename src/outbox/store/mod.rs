@@ -53,6 +53,7 @@ mod fields;
 mod indexes;
 mod operator;
 mod ordering;
+mod replay;
 mod retention;
 mod token;
 mod watch;
@@ -67,6 +68,7 @@ pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
 pub use indexes::{Expiry, ensure_indexes};
 pub use operator::DeadLetter;
+pub use replay::{ReplayCheckpoint, ReplayCheckpoints, ReplayWindow, stored_time, window_time};
 pub use watch::NewEntries;
 
 use crate::db::DbError;
