@@ -35,11 +35,12 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
-    /// Inspect the outbox, and change dead-lettered entries (requeue, skip).
+    /// Inspect the outbox, change dead-lettered entries (requeue, skip), check the set-up
+    /// (doctor), publish retained events again (replay).
     ///
     /// `status` only reads; `requeue` and `skip` change entries in the database. They need
     /// MONGODB_URI and the same MONGODB_*/OUTBOX_* settings as the relay, so that they find the
-    /// entries where it keeps them.
+    /// entries where it keeps them; `doctor` and `replay` need the topic's settings too.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
