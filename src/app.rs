@@ -159,7 +159,12 @@ impl App {
         }
         let router = match mode {
             Mode::Functions => functions::router(write, timer),
-            Mode::Standalone => standalone::router(write, timer, settings.standalone_key.clone()),
+            Mode::Standalone => standalone::router(
+                write,
+                timer,
+                crate::admin::OutboxPage::new(Arc::clone(&storage)).routes(),
+                settings.standalone_key.clone(),
+            ),
         };
         Ok(Self {
             listener,

@@ -55,6 +55,7 @@ mod operator;
 mod ordering;
 mod replay;
 mod retention;
+mod throughput;
 mod token;
 mod watch;
 
