@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/lib/test-mongod.sh
+source scripts/lib/test-chromium.sh
 require_tools "make test"
+ensure_chromium
 
 echo "==> building"
 cargo build --locked --workspace --all-targets

@@ -40,8 +40,9 @@ h1{font-size:1.4rem}.cards{display:flex;flex-wrap:wrap;gap:.5rem}\
 .card{border:1px solid #ccc;border-radius:.5rem;padding:.5rem 1rem;min-width:8rem}\
 .card b{display:block;font-size:1.6rem}table{border-collapse:collapse;width:100%}\
 td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top;word-break:break-all}\
-form{display:inline}button{font-size:1rem;padding:.3rem .8rem;margin:.1rem}\
-.notice{background:#e7f5e7;padding:.5rem;border-radius:.3rem}svg{width:100%;height:auto}";
+form{display:inline}button{font-size:1rem;padding:.3rem .8rem;margin:.1rem;white-space:nowrap}\
+td:last-child{width:1%;white-space:nowrap}\
+.notice{background:#e7f5e7;padding:.5rem;border-radius:.3rem}svg{width:100%;height:auto;max-height:7rem}";
 
 /// The whole page.
 pub(super) fn render(v: &View<'_>) -> String {

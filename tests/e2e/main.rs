@@ -30,6 +30,7 @@ mod replay;
 mod settings_sync;
 mod shutdown;
 mod standalone;
+mod status_browser;
 mod status_page;
 mod store;
 mod test_databases;
