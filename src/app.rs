@@ -158,7 +158,11 @@ impl App {
             None => {}
         }
         let router = match mode {
-            Mode::Functions => functions::router(write, timer),
+            Mode::Functions => functions::router(
+                write,
+                timer,
+                crate::admin::OutboxPage::new(Arc::clone(&storage)),
+            ),
             Mode::Standalone => standalone::router(
                 write,
                 timer,

@@ -23,6 +23,8 @@ use chrono::Utc;
 use crate::domain::EventId;
 use crate::outbox::Storage;
 
+/// The page's route.
+pub const PATH: &str = "/admin/outbox";
 /// Dead letters the page lists.
 const DEAD_LETTERS_SHOWN: i64 = 50;
 /// Minutes of throughput in the chart.
@@ -33,6 +35,9 @@ const CHART_MINUTES: u32 = 15;
 pub struct OutboxPage {
     storage: Arc<Storage>,
     token: Arc<str>,
+    /// Where browsers see the page (`/admin/outbox`, or the HTTP function's public route):
+    /// where a form's answer sends them back to.
+    public_path: Arc<str>,
 }
 
 impl std::fmt::Debug for OutboxPage {
@@ -48,12 +53,20 @@ impl OutboxPage {
         Self {
             storage,
             token: uuid::Uuid::new_v4().simple().to_string().into(),
+            public_path: PATH.into(),
         }
+    }
+
+    /// The same page, seen by browsers at `path` (the Functions host's public route).
+    #[must_use]
+    pub fn at_public_path(mut self, path: &str) -> Self {
+        self.public_path = path.into();
+        self
     }
 
     /// `GET` and `POST /admin/outbox`.
     pub fn routes(self) -> Router {
-        Router::new().route("/admin/outbox", get(show).post(act).with_state(self))
+        Router::new().route(PATH, get(show).post(act).with_state(self))
     }
 }
 
@@ -170,7 +183,7 @@ async fn act(State(page): State<OutboxPage>, request: Request) -> Response {
         .finish();
     (
         StatusCode::SEE_OTHER,
-        [(header::LOCATION, format!("/admin/outbox?{query}"))],
+        [(header::LOCATION, format!("{}?{query}", page.public_path))],
     )
         .into_response()
 }
