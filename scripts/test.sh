@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 
 source scripts/lib/test-mongod.sh
 source scripts/lib/prometheus.sh
+source scripts/lib/test-chromium.sh
 require_tools "make test"
 require_prometheus
+ensure_chromium
 
 echo "==> building"
 cargo build --locked --workspace --all-targets

@@ -186,8 +186,17 @@ impl App {
             None => {}
         }
         let router = match mode {
-            Mode::Functions => functions::router(write, timer),
-            Mode::Standalone => standalone::router(write, timer, settings.standalone_key.clone()),
+            Mode::Functions => functions::router(
+                write,
+                timer,
+                crate::admin::OutboxPage::new(Arc::clone(&storage)),
+            ),
+            Mode::Standalone => standalone::router(
+                write,
+                timer,
+                crate::admin::OutboxPage::new(Arc::clone(&storage)).routes(),
+                settings.standalone_key.clone(),
+            ),
         };
         let router = match exporters.prometheus() {
             Some(text) => router.merge(standalone::metrics::routes(

@@ -21,7 +21,9 @@
 //!   the admin endpoint, and the timer's schedule.
 //! - [`app`] — wiring (the one place the core is built) and serving, in either mode.
 //! - [`ops`] — operator commands.
+//! - [`admin`] — the outbox status page (`/admin/outbox`): figures, dead letters, requeue/skip.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod db;

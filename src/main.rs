@@ -35,11 +35,12 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
-    /// Inspect the outbox, and change dead-lettered entries (requeue, skip).
+    /// Inspect the outbox, change dead-lettered entries (requeue, skip), check the set-up
+    /// (doctor), publish retained events again (replay).
     ///
     /// `status` only reads; `requeue` and `skip` change entries in the database. They need
     /// MONGODB_URI and the same MONGODB_*/OUTBOX_* settings as the relay, so that they find the
-    /// entries where it keeps them.
+    /// entries where it keeps them; `doctor` and `replay` need the topic's settings too.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
@@ -53,6 +54,36 @@ enum OutboxCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Check everything the relay depends on (database, indexes, Event Grid, timings) and say
+    /// how to fix what is wrong; exits non-zero when a check fails. Publishes nothing.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish again the published events still retained in a time window, through the normal
+    /// publisher and rate limit, with their original ids. Ctrl-C stops after the request in
+    /// flight; the same command resumes without sending twice what Event Grid accepted.
+    Replay {
+        /// Events written at or after this time (RFC 3339, e.g. 2026-12-05T09:00:00Z).
+        #[arg(long, value_parser = ops::replay::parse_time)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Events written before this time [default: when the replay first started].
+        #[arg(long, value_parser = ops::replay::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events of this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give each event a derived id and a `replayof` naming the original.
+        #[arg(long)]
+        new_ids: bool,
     },
     /// Make dead-lettered entries pending again (attempts reset; history kept).
     // One of the two is required, and clap's error then names both.
@@ -157,6 +188,30 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Outbox {
+            command: OutboxCommand::Doctor { json },
+        }) => doctor(env, json).await,
+        Some(Command::Outbox {
+            command:
+                OutboxCommand::Replay {
+                    since,
+                    until,
+                    subject,
+                    event_type,
+                    dry_run,
+                    new_ids,
+                },
+        }) => {
+            let request = ops::replay::ReplayRequest {
+                since,
+                until,
+                subject,
+                event_type,
+                dry_run,
+                new_ids,
+            };
+            replay(env, &request).await
+        }
+        Some(Command::Outbox {
             command: OutboxCommand::Requeue { ids, all_dead },
         }) => {
             let settings = MongoSettings::from_env(env)?;
@@ -177,6 +232,45 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `handler outbox doctor`: the facts of the function app's files, the checks, the report.
+async fn doctor(env: &Env, json: bool) -> anyhow::Result<()> {
+    let settings = Settings::from_env(env)?;
+    let app = ops::doctor::AppFacts {
+        function_timeout: outbox_relay::functions::binding::function_timeout(&settings.app_root),
+        schedule: standalone::schedule::resolve(&settings)
+            .map(|s| ops::doctor::ScheduleFacts {
+                expression: s.expression().to_owned(),
+                interval: s.interval(),
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let report = ops::doctor::run(&settings, &app).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    anyhow::ensure!(
+        report.ok,
+        "the doctor found problems; each has its fix above"
+    );
+    Ok(())
+}
+
+/// `handler outbox replay`: the replay with a progress bar, stopped by Ctrl-C, and its summary.
+async fn replay(env: &Env, request: &ops::replay::ReplayRequest) -> anyhow::Result<()> {
+    let settings = Settings::from_env(env)?;
+    let interrupt = CancellationToken::new();
+    ops::replay::watch_interrupts(interrupt.clone());
+    let bar = ops::replay::Bar::new();
+    let summary = ops::replay::run(&settings, request, &interrupt, &bar).await;
+    drop(bar);
+    let summary = summary.context("replay stopped")?;
+    print!("{}", ops::replay::render_summary(&summary));
+    anyhow::ensure!(!summary.interrupted, "replay interrupted");
+    Ok(())
 }
 
 async fn serve(

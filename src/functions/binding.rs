@@ -100,6 +100,42 @@ fn schedule_in(function_json: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `functionTimeout` of `host.json` in `app_root` (or of the built-in copy): `None` when it is
+/// not set or is `-1` (unbounded, on dedicated plans). For `handler outbox doctor`.
+///
+/// # Errors
+/// When the file cannot be read, is not JSON, or the value is not `[d.]hh:mm:ss`.
+pub fn function_timeout(app_root: &Path) -> Result<Option<std::time::Duration>, String> {
+    let text = HOST_JSON
+        .read(app_root)
+        .map_err(|e| format!("cannot read host.json: {e}"))?;
+    let host: Value =
+        serde_json::from_str(&text).map_err(|e| format!("host.json is not valid JSON: {e}"))?;
+    match host.get("functionTimeout").and_then(Value::as_str) {
+        None | Some("-1") => Ok(None),
+        Some(raw) => parse_timespan(raw)
+            .map(Some)
+            .ok_or_else(|| format!("host.json's functionTimeout {raw:?} is not [d.]hh:mm:ss")),
+    }
+}
+
+/// A .NET `TimeSpan` as `host.json` writes it: `hh:mm:ss`, optionally `d.` in front.
+fn parse_timespan(raw: &str) -> Option<std::time::Duration> {
+    let (days, clock) = match raw.split_once('.') {
+        Some((d, rest)) if !d.contains(':') => (d.parse::<u64>().ok()?, rest),
+        _ => (0, raw),
+    };
+    let parts: Vec<u64> = clock
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = parts.as_slice() else {
+        return None;
+    };
+    (*m < 60 && *s < 60)
+        .then(|| std::time::Duration::from_secs(((days * 24 + h) * 60 + m) * 60 + s))
+}
+
 /// The methods this function implements, in the order `Allow` lists them.
 const SUPPORTED: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
 
@@ -367,5 +403,17 @@ mod tests {
         for odd in ["", "not json", r#"{"bindings":[{"type":"httpTrigger"}]}"#] {
             assert_eq!(schedule_in(odd), None, "{odd:?}");
         }
+    }
+
+    #[test]
+    fn function_timeouts_are_read_as_timespans() {
+        use std::time::Duration;
+        assert_eq!(parse_timespan("00:05:00"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            parse_timespan("1.02:00:30"),
+            Some(Duration::from_secs(26 * 3600 + 30))
+        );
+        assert_eq!(parse_timespan("00:61:00"), None);
+        assert_eq!(parse_timespan("5m"), None);
     }
 }

@@ -8,6 +8,7 @@
 pub mod binding;
 pub mod error;
 pub mod invoke;
+pub mod outbox_status_http;
 pub mod outbox_timer;
 pub mod write_document_http;
 
@@ -24,9 +25,14 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 pub use outbox_timer::OutboxTimer;
 pub use write_document_http::WriteDocumentHttp;
 
-/// Functions mode: the host's envelopes at `/WriteDocumentHttp` and `/OutboxTimer`, and the
-/// raw requests on the function's public route (forwarding mode).
-pub fn router(write: WriteDocumentHttp, timer: OutboxTimer) -> Router {
+/// Functions mode: the host's envelopes at `/WriteDocumentHttp`, `/OutboxTimer` and
+/// `/OutboxStatusHttp` (the status page, `page`), and the raw requests on the function's public
+/// route (forwarding mode).
+pub fn router(
+    write: WriteDocumentHttp,
+    timer: OutboxTimer,
+    page: crate::admin::OutboxPage,
+) -> Router {
     let time_budget = timer.time_budget();
     let routes = raw_routes(write.clone())
         .route(
@@ -40,6 +46,10 @@ pub fn router(write: WriteDocumentHttp, timer: OutboxTimer) -> Router {
         .route(
             "/OutboxTimer",
             post(outbox_timer::envelope).with_state(timer),
+        )
+        .route(
+            "/OutboxStatusHttp",
+            post(outbox_status_http::envelope).with_state(outbox_status_http::page_routes(page)),
         );
     finish(routes, time_budget)
 }

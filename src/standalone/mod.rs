@@ -24,15 +24,22 @@ pub use schedule::Schedule;
 use crate::functions::error::ApiError;
 use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
 
-/// Standalone mode's routes: the raw API and `POST /admin/functions/OutboxTimer`, both behind
-/// `key` when one is set (in Azure the host checks function keys; here we check our own). The
+/// Standalone mode's routes: the raw API, `POST /admin/functions/OutboxTimer` and `pages` (the
+/// outbox status page), all behind `key` when one is set (in Azure the host checks function keys; here we check our own). The
 /// health probe needs no key.
-pub fn router(write: WriteDocumentHttp, timer: OutboxTimer, key: Option<SecretString>) -> Router {
+pub fn router(
+    write: WriteDocumentHttp,
+    timer: OutboxTimer,
+    pages: Router,
+    key: Option<SecretString>,
+) -> Router {
     let time_budget = timer.time_budget();
-    let routes = functions::raw_routes(write).route(
-        "/admin/functions/OutboxTimer",
-        post(run_timer).with_state(timer),
-    );
+    let routes = functions::raw_routes(write)
+        .route(
+            "/admin/functions/OutboxTimer",
+            post(run_timer).with_state(timer),
+        )
+        .merge(pages);
     let routes = match key {
         Some(key) => routes.route_layer(middleware::from_fn_with_state(Arc::new(key), require_key)),
         None => routes,

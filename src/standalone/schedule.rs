@@ -56,6 +56,15 @@ impl Schedule {
         &self.expression
     }
 
+    /// Time between two runs, when the next two gaps from now are equal (a regular schedule).
+    #[must_use]
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        let a = self.next_after(Utc::now())?;
+        let b = self.next_after(a)?;
+        let c = self.next_after(b)?;
+        (b - a == c - b).then(|| (b - a).to_std().ok()).flatten()
+    }
+
     /// The first occurrence strictly after `t`.
     #[must_use]
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {

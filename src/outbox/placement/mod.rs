@@ -53,3 +53,12 @@ pub fn store_for(
         Placement::Colocated => Arc::new(colocated::Colocated::new(database, settings)),
     }
 }
+
+/// The placement the server really allows, whatever the setting says: the `auto` probe
+/// (a two-collection transaction, always aborted). For `handler outbox doctor`.
+///
+/// # Errors
+/// When the database cannot be reached, or the probe failed transiently.
+pub async fn allowed(db: &Db) -> Result<Placement, DbError> {
+    probe::choose(db).await
+}

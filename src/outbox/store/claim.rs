@@ -37,7 +37,7 @@ pub struct Claim {
 }
 
 /// Entries due at `now`: pending, and due at or before it (not held, not backing off).
-fn due_by(now: DateTime<Utc>) -> Document {
+pub(super) fn due_by(now: DateTime<Utc>) -> Document {
     doc! {
         field::STATUS: EntryStatus::Pending.as_str(),
         field::DUE_AT: { "$lte": bson_time(now) },

@@ -48,12 +48,15 @@
 
 mod backlog;
 mod claim;
+mod diagnose;
 mod entry;
 mod fields;
 mod indexes;
 mod operator;
 mod ordering;
+mod replay;
 mod retention;
+mod throughput;
 mod token;
 mod watch;
 
@@ -63,10 +66,12 @@ use mongodb::{ClientSession, Collection, Database};
 
 pub use backlog::BacklogCounts;
 pub use claim::{Claim, ClaimToken, Hold};
+pub use diagnose::{ClaimPlan, IndexInfo};
 pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
 pub use indexes::{Expiry, ensure_indexes};
 pub use operator::DeadLetter;
+pub use replay::{ReplayCheckpoint, ReplayCheckpoints, ReplayWindow, stored_time, window_time};
 pub use watch::NewEntries;
 
 use crate::db::DbError;

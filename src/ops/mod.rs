@@ -1,5 +1,9 @@
 //! Operator commands (`handler outbox …`): inspect the outbox, and change dead letters (requeue,
-//! skip). They need only the `MONGODB_*` / `OUTBOX_*` placement settings.
+//! skip). They need only the `MONGODB_*` / `OUTBOX_*` placement settings; `doctor` checks
+//! everything the relay depends on and needs every setting.
+
+pub mod doctor;
+pub mod replay;
 
 use chrono::Utc;
 use serde::Serialize;

@@ -1,0 +1,162 @@
+//! The status page's HTML: server-rendered, no script, readable on a phone.
+
+use chrono::{DateTime, Utc};
+
+use crate::outbox::OutboxCounts;
+use crate::outbox::store::DeadLetter;
+
+/// What the page shows.
+pub(super) struct View<'a> {
+    pub(super) collection: &'a str,
+    pub(super) counts: &'a OutboxCounts,
+    pub(super) dead: &'a [DeadLetter],
+    /// Published per minute, oldest first.
+    pub(super) per_minute: &'a [u64],
+    pub(super) now: DateTime<Utc>,
+    /// The token every form must send back.
+    pub(super) token: &'a str,
+    /// The outcome of the last action, shown once.
+    pub(super) notice: Option<&'a str>,
+}
+
+/// Escapes text for HTML element content and quoted attributes.
+pub(super) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:16px/1.4 system-ui,sans-serif;margin:0 auto;max-width:60rem;padding:1rem}\
+h1{font-size:1.4rem}.cards{display:flex;flex-wrap:wrap;gap:.5rem}\
+.card{border:1px solid #ccc;border-radius:.5rem;padding:.5rem 1rem;min-width:8rem}\
+.card b{display:block;font-size:1.6rem}table{border-collapse:collapse;width:100%}\
+td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top;word-break:break-all}\
+form{display:inline}button{font-size:1rem;padding:.3rem .8rem;margin:.1rem;white-space:nowrap}\
+td:last-child{width:1%;white-space:nowrap}\
+.notice{background:#e7f5e7;padding:.5rem;border-radius:.3rem}svg{width:100%;height:auto;max-height:7rem}";
+
+/// The whole page.
+pub(super) fn render(v: &View<'_>) -> String {
+    let c = v.counts;
+    let oldest = c.oldest_pending_created_at.map_or_else(
+        || "none".to_owned(),
+        |t| format!("{} s", (v.now - t).num_seconds().max(0)),
+    );
+    let card = |label: &str, value: String| {
+        format!(
+            "<div class=\"card\">{}<b>{}</b></div>",
+            esc(label),
+            esc(&value)
+        )
+    };
+    let mut html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Outbox status</title><style>{STYLE}</style></head><body>\
+         <h1>Outbox <small>{}</small></h1>",
+        esc(v.collection)
+    );
+    if let Some(n) = v.notice {
+        html.push_str(&format!("<p class=\"notice\" id=\"notice\">{}</p>", esc(n)));
+    }
+    html.push_str("<div class=\"cards\">");
+    html.push_str(&card("pending", c.pending.to_string()));
+    html.push_str(&card("due now", c.due.to_string()));
+    html.push_str(&card("oldest pending", oldest));
+    html.push_str(&card("dead letters", c.dead.to_string()));
+    html.push_str(&card("published", c.published.to_string()));
+    html.push_str("</div>");
+    html.push_str(&chart(v.per_minute));
+    html.push_str(&dead_letters(v));
+    html.push_str(&format!(
+        "<p><small>As of {} · reload for fresh figures</small></p></body></html>",
+        v.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ));
+    html
+}
+
+/// Published per minute as bars.
+fn chart(per_minute: &[u64]) -> String {
+    let max = per_minute.iter().copied().max().unwrap_or(0).max(1);
+    let n = per_minute.len().max(1);
+    let (w, h) = (300_u64, 80_u64);
+    let bar = w / n as u64;
+    let mut svg = format!(
+        "<h2>Published per minute (last {n})</h2><svg viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"published per minute\">",
+        h + 12
+    );
+    for (i, count) in per_minute.iter().enumerate() {
+        let height = count * h / max;
+        svg.push_str(&format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{height}\" fill=\"#4a7\"><title>{count}</title></rect>",
+            i as u64 * bar + 1,
+            h - height,
+            bar.saturating_sub(2).max(1)
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"0\" y=\"{}\" font-size=\"10\">max {max}/min</text></svg>",
+        h + 11
+    ));
+    svg
+}
+
+fn dead_letters(v: &View<'_>) -> String {
+    if v.dead.is_empty() {
+        return "<h2>Dead letters</h2><p>None.</p>".to_owned();
+    }
+    let mut out = String::from(
+        "<h2>Dead letters</h2><table><thead><tr><th>Event</th><th>Last error</th><th></th></tr></thead><tbody>",
+    );
+    for d in v.dead {
+        let id = d.id.to_string();
+        let status = d.status.map(|s| format!("HTTP {s}: ")).unwrap_or_default();
+        let form = |op: &str, label: &str| {
+            // `action` left out: the form posts to this page's own URL, query string included
+            // (so a `?code=` key is sent back without being written into the page).
+            format!(
+                "<form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"op\" value=\"{op}\"><input type=\"hidden\" name=\"id\" value=\"{}\">\
+                 <button type=\"submit\" id=\"{op}-{}\">{label}</button></form>",
+                esc(v.token),
+                esc(&id),
+                esc(&id)
+            )
+        };
+        out.push_str(&format!(
+            "<tr id=\"dead-{}\"><td>{}<br><small>{} · {} attempts</small></td><td>{}{}</td><td>{}{}</td></tr>",
+            esc(&id),
+            esc(&id),
+            esc(&d.subject),
+            d.attempts,
+            esc(&status),
+            esc(&d.reason),
+            form("requeue", "Requeue"),
+            form("skip", "Skip")
+        ));
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_entries_cannot_become_markup() {
+        assert_eq!(
+            esc("<script>\"x\"&'"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! `handler outbox doctor` through the real binary, against the real replica set and the
+//! strict receiver: a healthy stack passes; each broken part is named with its fix; no secret
+//! is ever printed.
+
+use serde_json::Value;
+
+use crate::support::host::app_root;
+use crate::support::{TestDb, app_settings, receiver};
+
+/// What one doctor run printed and how it ended.
+struct Run {
+    ok: bool,
+    report: Value,
+    /// stdout and stderr together, for the secret checks.
+    all: String,
+}
+
+impl Run {
+    fn check(&self, id: &str) -> &Value {
+        self.report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no check {id}: {}", self.report))
+    }
+
+    fn failed(&self) -> Vec<&str> {
+        self.report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["verdict"] == "fail")
+            .map(|c| c["id"].as_str().unwrap())
+            .collect()
+    }
+
+    fn assert_no(&self, secret: &str) {
+        assert!(
+            !self.all.contains(secret),
+            "a secret reached the output: {}",
+            self.all
+        );
+    }
+}
+
+async fn doctor(env: &[(String, String)]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["outbox", "doctor", "--json"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().cloned())
+        .current_dir(app_root())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+    assert_eq!(
+        report["ok"].as_bool(),
+        Some(out.status.success()),
+        "the exit status follows the report: {report}"
+    );
+    Run {
+        ok: out.status.success(),
+        report,
+        all: format!("{stdout}\n{stderr}"),
+    }
+}
+
+fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push(((*k).into(), (*v).into()));
+    }
+    env
+}
+
+fn assert_fails_with_fix(run: &Run, id: &str, detail: &str, fix: &str) {
+    assert!(!run.ok, "{}", run.report);
+    let c = run.check(id);
+    assert_eq!(c["verdict"], "fail", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains(detail), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains(fix), "{c}");
+}
+
+#[tokio::test]
+async fn a_healthy_stack_passes_every_check() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let run = doctor(&with(app_settings(&db, &rx, &[]), &[("OUTBOX_TAIL", "on")])).await;
+    assert!(run.ok, "{}", run.report);
+    assert_eq!(run.failed(), Vec::<&str>::new());
+    for id in [
+        "database.connection",
+        "database.transactions",
+        "database.placement",
+        "database.indexes",
+        "database.claim_plan",
+        "database.ttl",
+        "database.change_streams",
+        "database.clock",
+        "eventgrid.dns",
+        "eventgrid.connection",
+        "eventgrid.credentials",
+        "settings.budget",
+        "settings.lease",
+        "settings.schedule",
+    ] {
+        assert_eq!(run.check(id)["verdict"], "pass", "{}", run.report);
+    }
+    assert!(
+        run.check("database.claim_plan")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("outbox_claim")
+    );
+    assert_eq!(
+        rx.handle().accepted_ids().len(),
+        0,
+        "the probe published nothing"
+    );
+    run.assert_no(receiver::KEY);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_topic_key_is_named_with_its_fix() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let wrong = "wrong-topic-key-9f2c";
+    let run = doctor(&app_settings(&db, &rx, &[("EVENTGRID_TOPIC_KEY", wrong)])).await;
+    assert_fails_with_fix(&run, "eventgrid.credentials", "401", "EVENTGRID_TOPIC_KEY");
+    assert_eq!(run.failed(), ["eventgrid.credentials"], "{}", run.report);
+    run.assert_no(wrong);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_missing_claim_index_is_named_and_the_plan_shows_the_scan() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    db.outbox()
+        .drop_index(outbox_relay::outbox::store::CLAIM_INDEX)
+        .await
+        .unwrap();
+    let run = doctor(&app_settings(&db, &rx, &[])).await;
+    assert_fails_with_fix(&run, "database.indexes", "outbox_claim", "createIndex");
+    assert_fails_with_fix(&run, "database.claim_plan", "stage", "claim index");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_budget_longer_than_function_timeout_is_named() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    // host.json of the app root says 00:05:00.
+    let run = doctor(&app_settings(
+        &db,
+        &rx,
+        &[("OUTBOX_TIME_BUDGET_SECS", "400")],
+    ))
+    .await;
+    assert_fails_with_fix(
+        &run,
+        "settings.budget",
+        "functionTimeout in host.json is 300 s",
+        "lower OUTBOX_TIME_BUDGET_SECS",
+    );
+    assert_eq!(run.failed(), ["settings.budget"], "{}", run.report);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_named_and_its_password_never_printed() {
+    let rx = receiver::start().await;
+    let password = "n0t-printed-pw";
+    let env = with(
+        receiver::app_settings(&rx),
+        &[(
+            "MONGODB_URI",
+            &format!("mongodb://ops:{password}@127.0.0.1:1/?serverSelectionTimeoutMS=300"),
+        )],
+    );
+    let run = doctor(&env).await;
+    assert_fails_with_fix(
+        &run,
+        "database.connection",
+        "cannot reach 127.0.0.1:1",
+        "MONGODB_URI",
+    );
+    assert_eq!(
+        run.check("database.rest")["verdict"],
+        "skip",
+        "the checks that need the database are skipped: {}",
+        run.report
+    );
+    // Event Grid is checked all the same: one run shows every problem.
+    assert_eq!(run.check("eventgrid.credentials")["verdict"], "pass");
+    run.assert_no(password);
+    run.assert_no(receiver::KEY);
+}

@@ -1,0 +1,209 @@
+//! The outbox status page of `handler serve` over real HTTP: protected by the function key,
+//! shows the figures and the dead letters, requeues one through its form, refuses
+//! cross-site and tokenless posts, and never shows a secret; and the same page as the
+//! `OutboxStatusHttp` function under the host.
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    Handler, TestDb, app_settings, drain, receiver, relay, settings, write_documents,
+};
+
+const KEY: &str = "page-key-77aa";
+
+fn token_of(html: &str) -> String {
+    let start = html.find("name=\"token\" value=\"").expect("a form token") + 20;
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_page_shows_dead_letters_and_requeues_one_safely() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let s = settings(&db, &rx, &[]);
+    let ids = write_documents(&s, 3, |i| format!(r#"{{"_id":"page-{i}"}}"#)).await;
+    rx.handle()
+        .reject_ids(Some(&format!("^{}$", ids[1])))
+        .unwrap();
+    let report = drain(&relay(&s)).await;
+    assert_eq!(
+        (report.published, report.dead_lettered),
+        (2, 1),
+        "{report:?}"
+    );
+    let env = app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_SCHEDULE", "0 0 0 1 1 *"),
+            ("STANDALONE_FUNCTION_KEY", KEY),
+        ],
+    );
+    let handler = Handler::standalone(&env).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = handler.url(&format!("/admin/outbox?code={KEY}"));
+
+    let res = http.get(handler.url("/admin/outbox")).send().await.unwrap();
+    assert_eq!(res.status(), 401, "the page is protected like the API");
+
+    let res = http.get(&page).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    assert!(html.contains(&format!("id=\"dead-{}\"", ids[1])), "{html}");
+    assert!(
+        html.contains("name=\"viewport\"") && html.contains("<svg"),
+        "{html}"
+    );
+    for (name, value) in &env {
+        let secret = name == "STANDALONE_FUNCTION_KEY"
+            || name == "EVENTGRID_TOPIC_KEY"
+            || name == "MONGODB_URI";
+        assert!(
+            !(secret && html.contains(value.as_str())),
+            "{name} is on the page"
+        );
+    }
+    let token = token_of(&html);
+    let form = |token: &str| format!("token={token}&op=requeue&id={}", ids[1]);
+
+    let res = http
+        .post(&page)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site")
+        .body(form(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "a cross-site post is refused");
+    let res = http
+        .post(&page)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form("not-the-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        403,
+        "a post without the page's token is refused"
+    );
+    assert_eq!(db.count_entries_with("dead").await, 1);
+
+    let res = http
+        .post(&page)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .body(form(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let back = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        back.starts_with("/admin/outbox?") && back.contains("done=requeued"),
+        "{back}"
+    );
+    assert_eq!(db.count_entries_with("dead").await, 0);
+    let html = http
+        .get(handler.url(&back))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !html.contains(&format!("id=\"dead-{}\"", ids[1])),
+        "it moved: {html}"
+    );
+    assert!(html.contains("id=\"notice\""), "{html}");
+    db.drop().await;
+}
+
+/// One host invocation of `OutboxStatusHttp`; returns `Outputs.res`.
+async fn invoke_page(handler: &Handler, method: &str, headers: Value, body: Option<&str>) -> Value {
+    let mut req = json!({
+        "Url": "https://contoso-outbox.azurewebsites.net/api/outbox/status",
+        "Method": method,
+        "Query": {},
+        "Headers": headers,
+        "Params": {},
+    });
+    if let Some(b) = body {
+        req["Body"] = Value::String(b.to_owned());
+    }
+    let answer = handler
+        .invoke(
+            "OutboxStatusHttp",
+            &json!({ "Data": { "req": req }, "Metadata": {} }),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    answer.body["Outputs"]["res"].clone()
+}
+
+#[tokio::test]
+async fn the_same_page_is_an_admin_level_http_function_under_the_host() {
+    let function: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            crate::support::host::app_root().join("OutboxStatusHttp/function.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        function["bindings"][0]["authLevel"], "admin",
+        "the host asks for the master key"
+    );
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let s = settings(&db, &rx, &[]);
+    let ids = write_documents(&s, 2, |i| format!(r#"{{"_id":"fn-page-{i}"}}"#)).await;
+    rx.handle()
+        .reject_ids(Some(&format!("^{}$", ids[0])))
+        .unwrap();
+    assert_eq!(drain(&relay(&s)).await.dead_lettered, 1);
+    let handler = Handler::functions(&app_settings(&db, &rx, &[])).await;
+
+    let res = invoke_page(
+        &handler,
+        "GET",
+        json!({ "Host": ["contoso-outbox.azurewebsites.net"] }),
+        None,
+    )
+    .await;
+    assert_eq!(res["statusCode"], 200, "{res}");
+    assert!(
+        res["headers"]["Content-Type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{res}"
+    );
+    let html = res["body"].as_str().unwrap();
+    assert!(html.contains(&format!("id=\"dead-{}\"", ids[0])), "{html}");
+
+    let form = format!("token={}&op=skip&id={}", token_of(html), ids[0]);
+    let res = invoke_page(
+        &handler,
+        "POST",
+        json!({
+            "Host": ["contoso-outbox.azurewebsites.net"],
+            "Origin": ["https://contoso-outbox.azurewebsites.net"],
+            "Content-Type": ["application/x-www-form-urlencoded"],
+        }),
+        Some(&form),
+    )
+    .await;
+    assert_eq!(res["statusCode"], 303, "{res}");
+    let back = res["headers"]["Location"].as_str().unwrap();
+    assert!(
+        back.starts_with("/api/outbox/status?") && back.contains("done=skipped"),
+        "{back}"
+    );
+    assert_eq!(db.count_entries_with("skipped").await, 1);
+    db.drop().await;
+}
