@@ -28,6 +28,8 @@
 //! record of each outcome. `report.rs`: what a run did, and its one log line. `time.rs`:
 //! checked time arithmetic (a duration can be anything; adding it never panics).
 
+mod change_batch;
+mod change_stream;
 mod in_flight;
 mod push;
 mod report;
@@ -51,6 +53,7 @@ use self::time::{far_future, instant_after, millis};
 use crate::config::LEASE_MARGIN_DIVISOR;
 use crate::config::RelaySettings;
 use crate::db::DbError;
+use crate::domain::EventTypes;
 use crate::outbox::Storage;
 use crate::outbox::store::{Claim, Expiry, OutboxStore};
 use crate::publisher::Publisher;
@@ -66,6 +69,8 @@ pub struct Relay {
     ordered_by_subject: bool,
     /// How long published entries are kept (what the purge deletes past).
     retention: Duration,
+    /// How change-stream events are typed (`OUTBOX_SOURCE=change-stream`).
+    event_types: EventTypes,
 }
 
 /// What the next claim gave.
@@ -110,7 +115,18 @@ impl Relay {
             settings,
             ordered_by_subject,
             retention,
+            event_types: EventTypes::PerOperation {
+                prefix: "CosmosDB".to_owned(),
+            },
         }
+    }
+
+    /// With the event types of `OUTBOX_EVENT_TYPE(_PREFIX)`, which the change-stream source
+    /// names its events by (outbox entries carry theirs already).
+    #[must_use]
+    pub fn with_event_types(mut self, event_types: EventTypes) -> Self {
+        self.event_types = event_types;
+        self
     }
 
     /// The relay's settings.

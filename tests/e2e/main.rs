@@ -14,6 +14,7 @@
 mod support;
 
 mod auth_schema;
+mod change_stream;
 mod cli;
 mod cosmos;
 mod envelope;
