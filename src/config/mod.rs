@@ -309,10 +309,10 @@ impl Settings {
 
     /// [`Settings::from_env`] once every required setting is known to be set.
     fn from_complete_env(env: &Env) -> Result<Self, ConfigError> {
-        let mut mongodb = MongoSettings::from_env(env)?;
+        let mongodb = MongoSettings::from_env(env)?;
         let eventgrid = EventGridSettings::from_env(env)?;
         let mut relay = RelaySettings::from_env(env, eventgrid.publish_timeout)?;
-        mongodb.source = source::from_env(env, &mut relay)?;
+        source::fit(mongodb.source, &mut relay)?;
         let event_types = match env.get("OUTBOX_EVENT_TYPE") {
             Some(fixed) => EventTypes::Fixed(event_type_part("OUTBOX_EVENT_TYPE", fixed)?),
             None => EventTypes::PerOperation {

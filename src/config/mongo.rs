@@ -57,8 +57,8 @@ pub struct MongoSettings {
     /// `OUTBOX_ORDERING=subject`: never publish an entry before an older unpublished entry of
     /// the same subject (it needs an index on the subject, hence a database setting).
     pub ordered_by_subject: bool,
-    /// `OUTBOX_SOURCE`: with a change stream, a write stores only the document (set by
-    /// [`crate::config::Settings`], which also fits the relay to it).
+    /// `OUTBOX_SOURCE`: with a change stream, a write stores only the document, and the
+    /// operator commands work on the change stream's dead letters.
     pub source: EventSource,
 }
 
@@ -113,7 +113,7 @@ impl MongoSettings {
             shard_key,
             idempotency_ttl,
             ordered_by_subject,
-            source: EventSource::Outbox,
+            source: super::source::from_env(env)?,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,
         })

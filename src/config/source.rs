@@ -24,18 +24,25 @@ impl std::str::FromStr for EventSource {
     }
 }
 
-/// Reads `OUTBOX_SOURCE` and fits the relay to it: a change stream is read continuously (the
-/// tail), and there is nothing for the push path to push, since writes insert no entry.
+/// Reads `OUTBOX_SOURCE` (the operator commands need it too, to find the dead letters).
 ///
 /// # Errors
-/// An unknown value, or `change-stream` with `OUTBOX_TAIL=off` (a one-off drain has no stream
-/// to read, so nothing would ever be published).
-pub(super) fn from_env(env: &Env, relay: &mut RelaySettings) -> Result<EventSource, ConfigError> {
-    let source = env.parse_or(
+/// An unknown value.
+pub(super) fn from_env(env: &Env) -> Result<EventSource, ConfigError> {
+    env.parse_or(
         "OUTBOX_SOURCE",
         EventSource::Outbox,
         "outbox or change-stream",
-    )?;
+    )
+}
+
+/// Fits the relay to the source: a change stream is read continuously (the tail), and there is
+/// nothing for the push path to push, since writes insert no entry.
+///
+/// # Errors
+/// `change-stream` with `OUTBOX_TAIL=off` (a one-off drain has no stream to read, so nothing
+/// would ever be published).
+pub(super) fn fit(source: EventSource, relay: &mut RelaySettings) -> Result<(), ConfigError> {
     if source == EventSource::ChangeStream {
         if !relay.tail {
             return Err(ConfigError::new(
@@ -45,7 +52,7 @@ pub(super) fn from_env(env: &Env, relay: &mut RelaySettings) -> Result<EventSour
         }
         relay.push = false;
     }
-    Ok(source)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -68,7 +75,8 @@ mod tests {
         );
         let mut relay =
             RelaySettings::from_env(&env, std::time::Duration::from_secs(1)).expect("relay");
-        (from_env(&env, &mut relay), relay)
+        let source = from_env(&env).and_then(|s| fit(s, &mut relay).map(|()| s));
+        (source, relay)
     }
 
     #[test]

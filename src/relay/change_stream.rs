@@ -23,7 +23,7 @@ use super::change_batch::ChangeBatch;
 use super::report::{RelayReport, StopReason};
 use super::time::{far_future, instant_after, millis};
 use crate::config::LEASE_MARGIN_DIVISOR;
-use crate::domain::OutboxEvent;
+use crate::domain::{EventId, OutboxEvent};
 use crate::outbox::stream::{ChangeStore, Changes, Checkpoint, Lease, Read, StreamError};
 use crate::telemetry::chain;
 
@@ -178,6 +178,7 @@ impl Reader<'_> {
             }
         }
         let mut saved_at = Instant::now();
+        let mut requeue_checked: Option<Instant> = None;
         let needed = self
             .relay
             .settings
@@ -185,6 +186,12 @@ impl Reader<'_> {
         while !self.shutdown.is_cancelled()
             && self.end.saturating_duration_since(Instant::now()) > needed
         {
+            if requeue_checked.is_none_or(|t| t.elapsed() >= self.relay.settings.poll) {
+                requeue_checked = Some(Instant::now());
+                if !self.republish().await? {
+                    return Ok(());
+                }
+            }
             let batch = self.gather(&mut changes).await?;
             let settled_some = !batch.events.is_empty();
             if settled_some {
@@ -280,8 +287,40 @@ impl Reader<'_> {
         self.report.claimed += count;
         let now = Utc::now();
         self.report.max_lag_ms = self.report.max_lag_ms.max(oldest.map(|t| lag_ms(now, t)));
-        self.checkpoint.position_time = newest.or(self.checkpoint.position_time);
+        self.checkpoint.position_time = self.checkpoint.position_time.max(newest);
         true
+    }
+
+    /// Publishes the dead letters an operator requeued (`handler outbox requeue`), before
+    /// reading on; `false` when that stopped (the report says why). They come after changes
+    /// published since, so consumers see them out of order: an operator's decision.
+    async fn republish(&mut self) -> Result<bool, StreamError> {
+        let limit = i64::from(self.relay.settings.batch_size.get());
+        let requeued = self.store.requeued(limit).await?;
+        if requeued.is_empty() {
+            return Ok(true);
+        }
+        let (database, collection) = (self.store.database(), self.store.collection());
+        let (events, raw): (Vec<OutboxEvent>, Vec<Document>) = requeued
+            .into_iter()
+            .map(|(change, raw)| {
+                (
+                    change.event(database, collection, &self.relay.event_types),
+                    raw,
+                )
+            })
+            .unzip();
+        let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+        self.renew_if_half_gone().await?;
+        if !self.publish(events, raw).await {
+            return Ok(false);
+        }
+        let n = self.store.mark_republished(&ids, Utc::now()).await?;
+        tracing::info!(
+            published = n,
+            "Published requeued dead letters of the change stream again"
+        );
+        Ok(true)
     }
 
     /// Renews the lease when less than half of it is left, so a batch never outlives it.

@@ -15,13 +15,16 @@
 mod checkpoint;
 mod dead_letter;
 mod read;
+mod status;
 
 use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{Collection, Database};
 
 pub use self::checkpoint::{Checkpoint, Lease};
+pub use self::dead_letter::ChangeDeadLetter;
 pub use self::read::{Changes, Read};
+pub use self::status::{StreamStatus, render as render_status};
 use crate::config::MongoSettings;
 use crate::db::DbError;
 

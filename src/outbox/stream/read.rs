@@ -95,7 +95,7 @@ impl ChangeStore {
         from: &Checkpoint,
     ) -> Result<Option<Read>, StreamError> {
         match changes.0.next_if_any().await {
-            Ok(Some(raw)) => Ok(Some(read(&raw, Utc::now()).map_or(Read::Skip, |r| r))),
+            Ok(Some(raw)) => Ok(Some(read_change(&raw, Utc::now()).unwrap_or(Read::Skip))),
             Ok(None) => Ok(None),
             Err(e) => Err(self.failed(e, from)),
         }
@@ -112,7 +112,7 @@ impl Changes {
 }
 
 /// What the raw change `raw` is; `None` when it has no usable document key.
-fn read(raw: &Document, now: DateTime<Utc>) -> Option<Read> {
+pub(super) fn read_change(raw: &Document, now: DateTime<Utc>) -> Option<Read> {
     let kind = match raw.get_str("operationType") {
         Ok(op) => match ChangeKind::from_operation_type(op) {
             Some(kind) => kind,
@@ -186,7 +186,7 @@ mod tests {
             "documentKey": { "_id": "o-1" },
             "fullDocument": { "_id": "o-1", "n": 2 },
         };
-        let Some(Read::Change(c, _)) = read(&raw, now()) else {
+        let Some(Read::Change(c, _)) = read_change(&raw, now()) else {
             panic!("a change")
         };
         assert_eq!(c.kind, ChangeKind::Updated);
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn without_an_operation_type_it_is_a_change_of_unknown_kind() {
         let raw = doc! { "_id": { "_data": "x" }, "documentKey": { "_id": 7 }, "fullDocument": { "_id": 7 } };
-        let Some(Read::Change(c, _)) = read(&raw, now()) else {
+        let Some(Read::Change(c, _)) = read_change(&raw, now()) else {
             panic!("a change")
         };
         assert_eq!(
@@ -212,10 +212,10 @@ mod tests {
     #[test]
     fn entries_records_and_other_events_are_skipped_and_drops_end_the_stream() {
         let entry = doc! { "_id": { "_data": "x" }, "operationType": "insert", "documentKey": { "_id": 1 }, "fullDocument": { "_id": 1, store::ROOT: {} } };
-        assert!(matches!(read(&entry, now()), Some(Read::Skip)));
+        assert!(matches!(read_change(&entry, now()), Some(Read::Skip)));
         let index = doc! { "_id": { "_data": "x" }, "operationType": "createIndexes" };
-        assert!(matches!(read(&index, now()), Some(Read::Skip)));
+        assert!(matches!(read_change(&index, now()), Some(Read::Skip)));
         let drop = doc! { "_id": { "_data": "x" }, "operationType": "drop" };
-        assert!(matches!(read(&drop, now()), Some(Read::End(_))));
+        assert!(matches!(read_change(&drop, now()), Some(Read::End(_))));
     }
 }
