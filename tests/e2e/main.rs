@@ -15,6 +15,7 @@ mod support;
 
 mod auth_schema;
 mod change_stream;
+mod change_stream_ops;
 mod cli;
 mod cosmos;
 mod envelope;
