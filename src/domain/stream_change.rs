@@ -32,6 +32,8 @@ pub enum ChangeKind {
     /// A change whose kind the server does not say (Cosmos DB RU's stream has no
     /// `operationType`): an insert, an update or a replace.
     Changed,
+    /// The document as it is, published by `handler outbox resync`.
+    Snapshot,
 }
 
 impl ChangeKind {
@@ -56,6 +58,7 @@ impl ChangeKind {
             Self::Updated => "updated",
             Self::Deleted => "deleted",
             Self::Changed => "changed",
+            Self::Snapshot => "snapshot",
         }
     }
 
@@ -68,6 +71,7 @@ impl ChangeKind {
             Self::Updated => "DocumentUpdated",
             Self::Deleted => "DocumentDeleted",
             Self::Changed => "DocumentChanged",
+            Self::Snapshot => "DocumentSnapshot",
         }
     }
 

@@ -33,6 +33,7 @@ mod change_stream;
 mod in_flight;
 mod push;
 mod report;
+mod resync;
 mod tail;
 mod time;
 
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use self::report::{RelayReport, StopReason};
+pub use self::resync::{ResyncError, Resynced};
 pub use self::time::next_attempt_at;
 
 use self::in_flight::InFlight;

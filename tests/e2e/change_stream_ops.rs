@@ -168,3 +168,89 @@ async fn the_reader_resumes_after_mongod_restarts_mid_stream_and_loses_nothing()
     rs.stop().await.expect("stop mongod");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_position_resync_publishes_every_document_once_and_the_stream_goes_on() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let settings = stream_settings(&db, &rx, &[]);
+    let mut h = Handler::standalone(&settings).await;
+    wait_for_position(&db, &h).await;
+    for id in ["a", "b"] {
+        db.documents().insert_one(doc! { "_id": id }).await.unwrap();
+    }
+    wait_for(&rx, 2, &h).await;
+    let admin = db.client.database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": { "failCommands": ["aggregate", "getMore"], "errorCode": 286, "appName": db.app_name() },
+        })
+        .await
+        .unwrap();
+    // A change the stream can no longer deliver: only the snapshot can announce it.
+    db.documents()
+        .update_one(doc! { "_id": "a" }, doc! { "$set": { "n": 1 } })
+        .await
+        .unwrap();
+    db.documents()
+        .insert_one(doc! { "_id": "c" })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.output().contains("change stream position lost") {
+        assert!(Instant::now() < deadline, "{}", h.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })
+        .await
+        .unwrap();
+    h.kill().await;
+    rx.handle().reset();
+
+    let (ok, text) = command(&["outbox", "resync"], &settings).await;
+    assert!(ok && text.contains("resynced 3 documents"), "{text}");
+    let events = rx.handle().events();
+    let c = &db.settings.collection;
+    let mut subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    subjects.sort_unstable();
+    assert_eq!(
+        subjects,
+        [format!("{c}/a"), format!("{c}/b"), format!("{c}/c")]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event_type == "CosmosDB.DocumentSnapshot")
+    );
+    let a = events.iter().find(|e| e.subject.ends_with("/a")).unwrap();
+    assert_eq!(
+        a.to_value().unwrap()["data"]["document"]["n"],
+        1,
+        "the current state"
+    );
+
+    // The stream resumes from before the snapshot: later changes flow, nothing is lost.
+    let h = Handler::standalone(&settings).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.documents()
+        .insert_one(doc! { "_id": "d" })
+        .await
+        .unwrap();
+    wait_for_subjects(&rx, 4, &h).await;
+    assert!(!h.output().contains("position lost"), "{}", h.output());
+    let created: Vec<String> = rx
+        .handle()
+        .events()
+        .into_iter()
+        .filter(|e| e.event_type == "CosmosDB.DocumentCreated")
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(created, [format!("{c}/d")]);
+    // A reader is active now: resync refuses rather than race it.
+    let (ok, text) = command(&["outbox", "resync"], &settings).await;
+    assert!(!ok && text.contains("a reader holds"), "{text}");
+    db.drop().await;
+}

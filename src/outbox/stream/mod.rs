@@ -15,6 +15,7 @@
 mod checkpoint;
 mod dead_letter;
 mod read;
+mod snapshot;
 mod status;
 
 use mongodb::bson::Document;
@@ -24,6 +25,7 @@ use mongodb::{Collection, Database};
 pub use self::checkpoint::{Checkpoint, Lease};
 pub use self::dead_letter::ChangeDeadLetter;
 pub use self::read::{Changes, Read};
+pub use self::snapshot::Snapshot;
 pub use self::status::{StreamStatus, render as render_status};
 use crate::config::MongoSettings;
 use crate::db::DbError;

@@ -148,7 +148,7 @@ pub(super) fn read_change(raw: &Document, now: DateTime<Utc>) -> Option<Read> {
 }
 
 /// A document id as text.
-fn id_text(id: &Bson) -> String {
+pub(super) fn id_text(id: &Bson) -> String {
     match id {
         Bson::String(s) => s.clone(),
         Bson::ObjectId(o) => o.to_hex(),
