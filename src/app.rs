@@ -153,7 +153,8 @@ impl App {
         // The one place the core is built; every adapter gets its part of it.
         let storage = Arc::new(Storage::new(Db::new(settings.mongodb.clone())));
         let publisher = Publisher::new(&settings.eventgrid)?;
-        let relay = Relay::new(Arc::clone(&storage), publisher, settings.relay.clone());
+        let relay = Relay::new(Arc::clone(&storage), publisher, settings.relay.clone())
+            .with_event_types(settings.event_types.clone());
         let mut documents =
             DocumentService::new(Arc::clone(&storage), settings.event_types.clone());
         if settings.eventgrid.schema == EventSchema::CloudEvents {

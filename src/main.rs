@@ -103,6 +103,10 @@ enum OutboxCommand {
         #[arg(long = "id", value_name = "EVENT_ID", required = true)]
         ids: Vec<uuid::Uuid>,
     },
+    /// OUTBOX_SOURCE=change-stream: publish every document as a DocumentSnapshot event, then
+    /// let the stream resume from a position recorded before the snapshot (after a lost
+    /// position). Needs the Event Grid settings too; no reader may be running.
+    Resync,
 }
 
 /// The part of `handler serve --help` after the options: what it needs, and how it stops.
@@ -223,6 +227,9 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Outbox {
+            command: OutboxCommand::Resync,
+        }) => resync(env).await,
+        Some(Command::Outbox {
             command: OutboxCommand::Skip { ids },
         }) => {
             let settings = MongoSettings::from_env(env)?;
@@ -255,6 +262,40 @@ async fn doctor(env: &Env, json: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         report.ok,
         "the doctor found problems; each has its fix above"
+    );
+    Ok(())
+}
+
+/// `handler outbox resync`, with a count on a terminal.
+async fn resync(env: &Env) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let settings = Settings::from_env(env)?;
+    anyhow::ensure!(
+        settings.mongodb.source == config::EventSource::ChangeStream,
+        "resync is for OUTBOX_SOURCE=change-stream"
+    );
+    let storage = std::sync::Arc::new(outbox_relay::outbox::Storage::new(
+        outbox_relay::db::Db::new(settings.mongodb.clone()),
+    ));
+    let publisher = outbox_relay::publisher::Publisher::new(&settings.eventgrid)?;
+    let relay = outbox_relay::relay::Relay::new(storage, publisher, settings.relay.clone())
+        .with_event_types(settings.event_types.clone());
+    let terminal = std::io::stderr().is_terminal();
+    let done = relay
+        .resync(&CancellationToken::new(), |n| {
+            if terminal {
+                eprint!("\rresync: {n} documents published");
+                let _ = std::io::stderr().flush();
+            }
+        })
+        .await
+        .context("resync did not finish")?;
+    if terminal {
+        eprintln!();
+    }
+    println!(
+        "resynced {} documents ({} published, {} dead-lettered); the stream resumes from before the snapshot",
+        done.documents, done.published, done.dead_lettered
     );
     Ok(())
 }

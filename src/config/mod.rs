@@ -26,6 +26,7 @@
 //! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries (`separate` placement) |
 //! | `OUTBOX_PLACEMENT` | `auto` | `separate`, `colocated` (entries in the documents' collection) or `auto` |
 //! | `OUTBOX_IDEMPOTENCY_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
+//! | `OUTBOX_SOURCE` | `outbox` | `change-stream`: publish one event per change to `MONGODB_COLLECTION` by anyone, from a change stream |
 //! | `OUTBOX_ORDERING` | `none` | `subject`: never publish before an older unpublished entry of the same subject |
 //! | `OUTBOX_EVENT_TYPE_PREFIX` | `CosmosDB` | event types `<prefix>.DocumentCreated/Replaced/Deleted` |
 //! | `OUTBOX_EVENT_TYPE` | — | one fixed `eventType` for every change instead (e.g. `CosmosDB.DocumentChanged`) |
@@ -52,6 +53,7 @@ mod eventgrid;
 mod metrics;
 mod mongo;
 mod relay;
+mod source;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -63,6 +65,7 @@ pub use self::eventgrid::{CredentialKind, EventGridAuth, EventGridSettings, Even
 pub use self::metrics::{MetricsSettings, OtlpSettings};
 pub use self::mongo::{MongoSettings, PlacementSetting};
 pub use self::relay::{LEASE_MARGIN_DIVISOR, RelaySettings};
+pub use self::source::EventSource;
 use crate::domain::EventTypes;
 
 /// The largest batch Event Grid accepts in one request.
@@ -312,7 +315,8 @@ impl Settings {
     fn from_complete_env(env: &Env) -> Result<Self, ConfigError> {
         let mongodb = MongoSettings::from_env(env)?;
         let eventgrid = EventGridSettings::from_env(env)?;
-        let relay = RelaySettings::from_env(env, eventgrid.publish_timeout)?;
+        let mut relay = RelaySettings::from_env(env, eventgrid.publish_timeout)?;
+        source::fit(mongodb.source, &mut relay)?;
         let event_types = match env.get("OUTBOX_EVENT_TYPE") {
             Some(fixed) => EventTypes::Fixed(event_type_part("OUTBOX_EVENT_TYPE", fixed)?),
             None => EventTypes::PerOperation {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{ConfigError, Env, ttl_hours};
+use super::{ConfigError, Env, EventSource, ttl_hours};
 use crate::domain::document::RESERVED_FIELDS;
 
 /// Where outbox entries live, as configured.
@@ -57,6 +57,9 @@ pub struct MongoSettings {
     /// `OUTBOX_ORDERING=subject`: never publish an entry before an older unpublished entry of
     /// the same subject (it needs an index on the subject, hence a database setting).
     pub ordered_by_subject: bool,
+    /// `OUTBOX_SOURCE`: with a change stream, a write stores only the document, and the
+    /// operator commands work on the change stream's dead letters.
+    pub source: EventSource,
 }
 
 impl MongoSettings {
@@ -110,6 +113,7 @@ impl MongoSettings {
             shard_key,
             idempotency_ttl,
             ordered_by_subject,
+            source: super::source::from_env(env)?,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,
         })

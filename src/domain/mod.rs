@@ -3,6 +3,7 @@
 pub mod change;
 pub mod document;
 pub mod event;
+pub mod stream_change;
 
 pub use change::{EventTypes, Operation, Revision};
 pub use document::{DocumentId, InputError, NewDocument};

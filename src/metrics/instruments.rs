@@ -24,6 +24,8 @@ pub enum Path {
     Push,
     /// A drain claimed it (the schedule, the tail, a timer invocation).
     Sweep,
+    /// The change-stream source read it from the collection (`OUTBOX_SOURCE=change-stream`).
+    ChangeStream,
 }
 
 impl Path {
@@ -31,6 +33,7 @@ impl Path {
         let value = match self {
             Self::Push => "push",
             Self::Sweep => "sweep",
+            Self::ChangeStream => "change_stream",
         };
         [KeyValue::new("outbox.path", value)]
     }

@@ -8,10 +8,11 @@ pub mod replay;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::config::MongoSettings;
+use crate::config::{EventSource, MongoSettings};
 use crate::db::{Db, DbError};
 use crate::domain::EventId;
 use crate::outbox::store::{DeadLetter, Expiry};
+use crate::outbox::stream::{self, StreamStatus};
 use crate::outbox::{OutboxCounts, Placement, Ready, Storage};
 
 /// Dead letters listed by `status`.
@@ -31,6 +32,9 @@ pub struct Status {
     pub counts: OutboxCounts,
     /// The oldest dead letters (at most 20).
     pub dead_letters: Vec<DeadLetter>,
+    /// With `OUTBOX_SOURCE=change-stream`: the stream's position, reader and dead letters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_stream: Option<StreamStatus>,
 }
 
 async fn storage_ready(settings: MongoSettings) -> Result<Ready, DbError> {
@@ -42,6 +46,15 @@ async fn storage_ready(settings: MongoSettings) -> Result<Ready, DbError> {
 /// # Errors
 /// When the database cannot be reached.
 pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
+    let change_stream = match settings.source {
+        EventSource::ChangeStream => Some(
+            change_store(settings.clone())
+                .await?
+                .status(DEAD_LETTERS_SHOWN, Utc::now())
+                .await?,
+        ),
+        EventSource::Outbox => None,
+    };
     let ready = storage_ready(settings).await?;
     let counts = ready.store.counts(Utc::now()).await?;
     let dead_letters = ready.store.dead_letters(DEAD_LETTERS_SHOWN).await?;
@@ -51,7 +64,12 @@ pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
         expiry: ready.expiry,
         counts,
         dead_letters,
+        change_stream,
     })
+}
+
+async fn change_store(settings: MongoSettings) -> Result<stream::ChangeStore, DbError> {
+    Storage::new(Db::new(settings)).change_store().await
 }
 
 /// Makes dead-lettered entries pending again (all of them with `ids: None`). Returns how many.
@@ -59,6 +77,12 @@ pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
 /// # Errors
 /// When the database cannot be reached.
 pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result<u64, DbError> {
+    if settings.source == EventSource::ChangeStream {
+        return change_store(settings)
+            .await?
+            .requeue_dead(ids, Utc::now())
+            .await;
+    }
     let ready = storage_ready(settings).await?;
     ready.store.requeue_dead(ids, Utc::now()).await
 }
@@ -69,6 +93,12 @@ pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result
 /// # Errors
 /// When the database cannot be reached.
 pub async fn skip(settings: MongoSettings, ids: &[EventId]) -> Result<u64, DbError> {
+    if settings.source == EventSource::ChangeStream {
+        return change_store(settings)
+            .await?
+            .skip_dead(ids, Utc::now())
+            .await;
+    }
     let ready = storage_ready(settings).await?;
     ready.store.skip_dead(ids, Utc::now()).await
 }
@@ -117,6 +147,9 @@ pub fn render_status(s: &Status) -> String {
         }
         out.push_str("requeue with: handler outbox requeue --id <id> | --all-dead\n");
         out.push_str("or skip (never publish) with: handler outbox skip --id <id>\n");
+    }
+    if let Some(cs) = &s.change_stream {
+        out.push_str(&stream::render_status(cs));
     }
     out
 }

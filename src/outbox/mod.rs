@@ -29,6 +29,7 @@ pub mod idempotency;
 pub mod placement;
 pub mod storage;
 pub mod store;
+pub mod stream;
 pub mod write;
 
 pub use storage::{Ready, Storage};

@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 use super::Placement;
 use super::placement;
 use super::store::{Expiry, OutboxStore};
+use super::stream::ChangeStore;
 use super::write::PlacementStore;
 use crate::config::MongoSettings;
 use crate::db::{Db, DbError};
@@ -63,6 +64,17 @@ impl Storage {
     #[must_use]
     pub fn settings(&self) -> &MongoSettings {
         self.db.settings()
+    }
+
+    /// The change-stream source's storage (`OUTBOX_SOURCE=change-stream`), once the
+    /// collections are in place.
+    ///
+    /// # Errors
+    /// As [`Storage::ready`].
+    pub async fn change_store(&self) -> Result<ChangeStore, DbError> {
+        self.ready().await?;
+        let database = self.db.database().await?;
+        Ok(ChangeStore::new(&database, self.settings()))
     }
 
     /// The storage, with the placement decided and collections and indexes in place.

@@ -29,9 +29,12 @@
 //! checked time arithmetic (a duration can be anything; adding it never panics).
 
 mod backlog;
+mod change_batch;
+mod change_stream;
 mod in_flight;
 mod push;
 mod report;
+mod resync;
 mod tail;
 mod time;
 
@@ -44,6 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use self::report::{RelayReport, StopReason};
+pub use self::resync::{ResyncError, Resynced};
 pub use self::time::next_attempt_at;
 
 use self::in_flight::InFlight;
@@ -52,6 +56,7 @@ use self::time::{far_future, instant_after, millis};
 use crate::config::LEASE_MARGIN_DIVISOR;
 use crate::config::RelaySettings;
 use crate::db::DbError;
+use crate::domain::EventTypes;
 use crate::metrics::Path;
 use crate::outbox::Storage;
 use crate::outbox::store::{Claim, Expiry, OutboxStore};
@@ -68,6 +73,8 @@ pub struct Relay {
     ordered_by_subject: bool,
     /// How long published entries are kept (what the purge deletes past).
     retention: Duration,
+    /// How change-stream events are typed (`OUTBOX_SOURCE=change-stream`).
+    event_types: EventTypes,
 }
 
 /// What the next claim gave.
@@ -112,7 +119,18 @@ impl Relay {
             settings,
             ordered_by_subject,
             retention,
+            event_types: EventTypes::PerOperation {
+                prefix: "CosmosDB".to_owned(),
+            },
         }
+    }
+
+    /// With the event types of `OUTBOX_EVENT_TYPE(_PREFIX)`, which the change-stream source
+    /// names its events by (outbox entries carry theirs already).
+    #[must_use]
+    pub fn with_event_types(mut self, event_types: EventTypes) -> Self {
+        self.event_types = event_types;
+        self
     }
 
     /// The relay's settings.

@@ -19,6 +19,10 @@ pub enum StopReason {
     Misconfigured(String),
     /// The database failed.
     Database(String),
+    /// The change stream's saved position is no longer in the server's history, or the stream
+    /// was invalidated: the reader stopped rather than skip changes (the detail names the gap
+    /// and the fix).
+    PositionLost(String),
     /// A batch task panicked (a bug). Its entries stay claimed until their lease runs out, then
     /// they are published again.
     Panicked(String),
@@ -67,6 +71,7 @@ impl RelayReport {
                 StopReason::TopicUnavailable(_)
                 | StopReason::Misconfigured(_)
                 | StopReason::Database(_)
+                | StopReason::PositionLost(_)
                 | StopReason::Panicked(_),
             ) => self.published + self.dead_lettered > 0,
             // Out of time before claiming anything: whatever was due is still waiting, and a
@@ -219,6 +224,7 @@ impl StopReason {
             Self::TopicUnavailable(d) => format!("Event Grid unavailable: {d}"),
             Self::Misconfigured(d) => format!("Event Grid refused the configuration: {d}"),
             Self::Database(d) => format!("database error: {d}"),
+            Self::PositionLost(d) => format!("change stream position lost: {d}"),
             Self::Panicked(d) => format!("a batch task panicked: {d}"),
         }
     }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::Relay;
 use super::report::{RelayReport, StopReason};
 use super::time::{far_future, instant_after, millis};
+use crate::config::EventSource;
 use crate::outbox::Storage;
 use crate::telemetry::chain;
 
@@ -43,6 +44,9 @@ impl Relay {
         budget: Option<Duration>,
         shutdown: &CancellationToken,
     ) -> RelayReport {
+        if self.storage.settings().source == EventSource::ChangeStream {
+            return self.follow_changes(budget, shutdown).await;
+        }
         let started = Instant::now();
         let end = budget
             .and_then(|b| instant_after(started, b))

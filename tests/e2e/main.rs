@@ -14,6 +14,8 @@
 mod support;
 
 mod auth_schema;
+mod change_stream;
+mod change_stream_ops;
 mod cli;
 mod cosmos;
 mod doctor;

@@ -14,6 +14,7 @@
 //! here, its arm in [`store_for`] (and in [`resolve`] if the setting can name it).
 
 mod colocated;
+mod documents_only;
 mod probe;
 mod separate;
 mod transactional;
@@ -24,7 +25,7 @@ use mongodb::Database;
 
 use super::Placement;
 use super::write::PlacementStore;
-use crate::config::{MongoSettings, PlacementSetting};
+use crate::config::{EventSource, MongoSettings, PlacementSetting};
 use crate::db::{Db, DbError};
 
 /// Decides the placement: as configured, or for `auto` by probing the server (see
@@ -41,13 +42,17 @@ pub async fn resolve(db: &Db) -> Result<Placement, DbError> {
     }
 }
 
-/// The storage for `placement` in `database`: the one place a placement is chosen.
+/// The storage for `placement` in `database`: the one place a placement is chosen. With
+/// `OUTBOX_SOURCE=change-stream` no write has an entry, wherever entries would go.
 #[must_use]
 pub fn store_for(
     placement: Placement,
     database: &Database,
     settings: &MongoSettings,
 ) -> Arc<dyn PlacementStore> {
+    if settings.source == EventSource::ChangeStream {
+        return Arc::new(documents_only::DocumentsOnly::new(database, settings));
+    }
     match placement {
         Placement::Separate => Arc::new(separate::Separate::new(database, settings)),
         Placement::Colocated => Arc::new(colocated::Colocated::new(database, settings)),

@@ -1,0 +1,221 @@
+//! Reading the stream: opening it from a checkpoint, and what each raw change is.
+//!
+//! Changes are read as plain documents, not the driver's typed event: Cosmos DB RU's stream
+//! has no `operationType`, which the typed event requires.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::{Bson, Document};
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::FullDocumentType;
+
+use super::{ChangeStore, Checkpoint, StreamError, chrono_time};
+use crate::db::{classify, error_code};
+use crate::domain::stream_change::{ChangeKind, StreamChange};
+use crate::outbox::{idempotency, store};
+
+/// `ChangeStreamHistoryLost`, `ChangeStreamFatalError`, `InvalidResumeToken`: the position
+/// cannot be resumed from.
+const POSITION_LOST_CODES: [i32; 3] = [286, 280, 260];
+
+/// An open change stream on the documents' collection.
+pub struct Changes(ChangeStream<Document>);
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes").finish_non_exhaustive()
+    }
+}
+
+/// What one raw change is.
+#[derive(Debug)]
+pub enum Read {
+    /// A change to a document: publish it.
+    Change(Box<StreamChange>, Document),
+    /// Not a change to a document the relay announces (an outbox entry or an idempotency
+    /// record, or an event type it does not publish): move past it.
+    Skip,
+    /// The stream ends here (the collection was dropped or renamed, or the stream
+    /// invalidated): what comes next is not in this stream.
+    End(String),
+}
+
+impl ChangeStore {
+    /// Opens the stream after `from` (or at the server's present when no position was ever
+    /// saved); each wait for changes lasts at most `wait`.
+    ///
+    /// # Errors
+    /// [`StreamError::PositionLost`] when the server no longer has the position; the
+    /// database's error otherwise.
+    pub async fn open(&self, from: &Checkpoint, wait: Duration) -> Result<Changes, StreamError> {
+        let mut watch = self
+            .documents
+            .watch()
+            .full_document(FullDocumentType::UpdateLookup)
+            .max_await_time(wait);
+        if let Some(token) = &from.token {
+            watch = watch.resume_after(token.clone());
+        } else if let Some(at) = from.start_at {
+            watch = watch.start_at_operation_time(at);
+        }
+        match watch.await {
+            Ok(stream) => Ok(Changes(stream.with_type::<Document>())),
+            Err(e) => Err(self.failed(e, from)),
+        }
+    }
+
+    /// A stream error: a lost position is said as such, with the gap and the fix.
+    fn failed(&self, e: mongodb::error::Error, from: &Checkpoint) -> StreamError {
+        match error_code(&e) {
+            Some(code) if POSITION_LOST_CODES.contains(&code) => {
+                let since = from
+                    .position_time
+                    .map_or_else(|| "an unknown time".to_owned(), |t| t.to_rfc3339());
+                StreamError::PositionLost(format!(
+                    "the change stream of {}.{} cannot resume: its saved position (last published change at {since}) is no longer in the server's history (code {code}: {}); changes made since then cannot be read from the stream. Publish the current documents with `handler outbox resync`, or delete the checkpoint document {:?} from the checkpoints collection to start from now and accept the gap; size the oplog (or DocumentDB's change-stream log) above the longest time the relay may be stopped",
+                    self.database,
+                    self.collection,
+                    crate::telemetry::chain(&e),
+                    self.collection,
+                ))
+            }
+            _ => StreamError::Db(classify(e)),
+        }
+    }
+
+    /// The next change, waiting at most the stream's `wait`; `None` when nothing came.
+    ///
+    /// # Errors
+    /// As [`ChangeStore::open`]; the stream must be opened again after an error.
+    pub async fn next(
+        &self,
+        changes: &mut Changes,
+        from: &Checkpoint,
+    ) -> Result<Option<Read>, StreamError> {
+        match changes.0.next_if_any().await {
+            Ok(Some(raw)) => Ok(Some(read_change(&raw, Utc::now()).unwrap_or(Read::Skip))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.failed(e, from)),
+        }
+    }
+}
+
+impl Changes {
+    /// The position after the last change returned (or the server's scan position when the
+    /// last batch was empty).
+    #[must_use]
+    pub fn position(&self) -> Option<ResumeToken> {
+        self.0.resume_token()
+    }
+}
+
+/// What the raw change `raw` is; `None` when it has no usable document key.
+pub(super) fn read_change(raw: &Document, now: DateTime<Utc>) -> Option<Read> {
+    let kind = match raw.get_str("operationType") {
+        Ok(op) => match ChangeKind::from_operation_type(op) {
+            Some(kind) => kind,
+            None if matches!(op, "drop" | "rename" | "dropDatabase" | "invalidate") => {
+                return Some(Read::End(format!("the collection saw a {op:?} event")));
+            }
+            None => return Some(Read::Skip),
+        },
+        // Cosmos DB RU: no operationType; inserts, updates and replaces only.
+        Err(_) => ChangeKind::Changed,
+    };
+    let full = raw.get_document("fullDocument").ok();
+    if full.is_some_and(|d| d.contains_key(store::ROOT) || d.contains_key(idempotency::ROOT)) {
+        return Some(Read::Skip);
+    }
+    let id = raw.get_document("documentKey").ok()?.get("_id")?;
+    let cluster_time = raw.get_timestamp("clusterTime").ok();
+    let at = raw
+        .get_datetime("wallTime")
+        .ok()
+        .map(|t| chrono_time(*t))
+        .or_else(|| cluster_time.and_then(|t| DateTime::from_timestamp(i64::from(t.time), 0)))
+        .unwrap_or(now);
+    let change = StreamChange {
+        kind,
+        document_id: id_text(id),
+        document: full.map(|d| Bson::Document(d.clone()).into_relaxed_extjson()),
+        position: position_text(raw.get("_id")?),
+        sequence: cluster_time.map(|t| (u64::from(t.time) << 32) | u64::from(t.increment)),
+        at,
+    };
+    Some(Read::Change(Box::new(change), raw.clone()))
+}
+
+/// A document id as text.
+pub(super) fn id_text(id: &Bson) -> String {
+    match id {
+        Bson::String(s) => s.clone(),
+        Bson::ObjectId(o) => o.to_hex(),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
+/// A resume token as text: its `_data`, or the whole token as JSON.
+fn position_text(token: &Bson) -> String {
+    match token {
+        Bson::Document(d) => d.get_str("_data").map_or_else(
+            |_| token.clone().into_relaxed_extjson().to_string(),
+            str::to_owned,
+        ),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{Timestamp, doc};
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn an_update_is_read_with_its_post_image_and_position() {
+        let raw = doc! {
+            "_id": { "_data": "82ABC" },
+            "operationType": "update",
+            "clusterTime": Timestamp { time: 5, increment: 2 },
+            "documentKey": { "_id": "o-1" },
+            "fullDocument": { "_id": "o-1", "n": 2 },
+        };
+        let Some(Read::Change(c, _)) = read_change(&raw, now()) else {
+            panic!("a change")
+        };
+        assert_eq!(c.kind, ChangeKind::Updated);
+        assert_eq!(c.document_id, "o-1");
+        assert_eq!(c.position, "82ABC");
+        assert_eq!(c.sequence, Some((5 << 32) | 2));
+        assert_eq!(c.document, Some(serde_json::json!({"_id": "o-1", "n": 2})));
+        assert_eq!(c.at, DateTime::from_timestamp(5, 0).unwrap());
+    }
+
+    #[test]
+    fn without_an_operation_type_it_is_a_change_of_unknown_kind() {
+        let raw = doc! { "_id": { "_data": "x" }, "documentKey": { "_id": 7 }, "fullDocument": { "_id": 7 } };
+        let Some(Read::Change(c, _)) = read_change(&raw, now()) else {
+            panic!("a change")
+        };
+        assert_eq!(
+            (c.kind, c.document_id.as_str(), c.at),
+            (ChangeKind::Changed, "7", now())
+        );
+    }
+
+    #[test]
+    fn entries_records_and_other_events_are_skipped_and_drops_end_the_stream() {
+        let entry = doc! { "_id": { "_data": "x" }, "operationType": "insert", "documentKey": { "_id": 1 }, "fullDocument": { "_id": 1, store::ROOT: {} } };
+        assert!(matches!(read_change(&entry, now()), Some(Read::Skip)));
+        let index = doc! { "_id": { "_data": "x" }, "operationType": "createIndexes" };
+        assert!(matches!(read_change(&index, now()), Some(Read::Skip)));
+        let drop = doc! { "_id": { "_data": "x" }, "operationType": "drop" };
+        assert!(matches!(read_change(&drop, now()), Some(Read::End(_))));
+    }
+}
