@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::embedded::EmbeddedSettings;
 use super::{ConfigError, Env, ttl_hours};
 use crate::domain::document::RESERVED_FIELDS;
 
@@ -16,6 +17,9 @@ pub enum PlacementSetting {
     /// In the documents' own collection, so a transaction touches one collection only (required
     /// on Cosmos DB for MongoDB RU).
     Colocated,
+    /// In each document itself (`_outbox` array): every write is one single-document
+    /// operation, no transaction (sharded Cosmos DB for MongoDB RU collections).
+    Embedded,
     /// Probe the server at start-up and choose.
     Auto,
 }
@@ -26,6 +30,7 @@ impl std::str::FromStr for PlacementSetting {
         match s.to_ascii_lowercase().as_str() {
             "separate" => Ok(Self::Separate),
             "colocated" | "co-located" => Ok(Self::Colocated),
+            "embedded" => Ok(Self::Embedded),
             "auto" => Ok(Self::Auto),
             _ => Err(()),
         }
@@ -57,6 +62,8 @@ pub struct MongoSettings {
     /// `OUTBOX_ORDERING=subject`: never publish an entry before an older unpublished entry of
     /// the same subject (it needs an index on the subject, hence a database setting).
     pub ordered_by_subject: bool,
+    /// The `embedded` placement's bounds (`OUTBOX_EMBEDDED_*`).
+    pub embedded: EmbeddedSettings,
 }
 
 impl MongoSettings {
@@ -96,7 +103,7 @@ impl MongoSettings {
         let placement = env.parse_or(
             "OUTBOX_PLACEMENT",
             PlacementSetting::Auto,
-            "separate, colocated or auto",
+            "separate, colocated, embedded or auto",
         )?;
         let shard_key = shard_key_from_env(env)?;
         let idempotency_ttl = ttl_hours(env, "OUTBOX_IDEMPOTENCY_HOURS", 24)?;
@@ -110,6 +117,7 @@ impl MongoSettings {
             shard_key,
             idempotency_ttl,
             ordered_by_subject,
+            embedded: EmbeddedSettings::from_env(env)?,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,
         })

@@ -12,6 +12,8 @@
 //! | `operator.rs` | counts, [`DeadLetter`]s, requeue, skip |
 //! | `retention.rs` | bounded purges where the server has no TTL index |
 //! | `indexes.rs` | [`ensure_indexes`] and the [`Expiry`] it reports |
+//! | `relay_side.rs` | [`RelayStore`]: what the relay claims from; entries here, or `embedded.rs` |
+//! | `embedded.rs` | [`EmbeddedEvents`]: the `embedded` placement's events inside documents |
 //!
 //! An entry, as stored (`?`: only once set):
 //!
@@ -47,11 +49,13 @@
 //! way: an early takeover only risks a duplicate.
 
 mod claim;
+pub mod embedded;
 mod entry;
 mod fields;
 mod indexes;
 mod operator;
 mod ordering;
+mod relay_side;
 mod retention;
 mod token;
 mod watch;
@@ -61,10 +65,12 @@ use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
 pub use claim::{Claim, ClaimToken, Hold};
+pub use embedded::{EmbeddedEvents, embedded_field};
 pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
 pub use indexes::{Expiry, ensure_indexes};
 pub use operator::DeadLetter;
+pub use relay_side::RelayStore;
 pub use watch::NewEntries;
 
 use crate::db::DbError;
