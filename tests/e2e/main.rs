@@ -16,6 +16,7 @@ mod support;
 mod auth_schema;
 mod cli;
 mod cosmos;
+mod embedded;
 mod envelope;
 mod lifecycle;
 mod make_run;
