@@ -388,11 +388,35 @@ pub async fn entry_state(db: &TestDb, event_id: &str) -> Document {
         subtype: mongodb::bson::spec::BinarySubtype::Uuid,
         bytes: uuid.as_bytes().to_vec(),
     };
-    let entry = db
+    if let Some(entry) = db
         .outbox()
-        .find_one(doc! { "_id": id })
+        .find_one(doc! { "_id": id.clone() })
+        .await
+        .unwrap()
+    {
+        return entry.get_document("_outbox").unwrap().clone();
+    }
+    // `embedded`: the event pending in its document, with the document's due time and lease.
+    let holder = db
+        .documents()
+        .find_one(doc! { "_outbox.events.id": id.clone() })
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("no outbox entry {event_id}"));
-    entry.get_document("_outbox").unwrap().clone()
+    let outbox = holder.get_document("_outbox").unwrap();
+    let mut state = outbox
+        .get_array("events")
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_document())
+        .find(|e| e.get("id") == Some(&mongodb::bson::Bson::Binary(id.clone())))
+        .unwrap()
+        .clone();
+    state.insert("status", "pending");
+    for field in ["due_at", "lease_token", "claims"] {
+        if let Some(v) = outbox.get(field) {
+            state.insert(field, v.clone());
+        }
+    }
+    state
 }
