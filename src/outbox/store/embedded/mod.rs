@@ -18,7 +18,10 @@
 //! A dead-lettered event moves to `OUTBOX_COLLECTION` as an ordinary dead entry, where the
 //! operator commands find it; a requeued one is relayed from there.
 
+mod dispatch;
+mod elements;
 mod relay;
+mod relay_state;
 
 use chrono::{DateTime, Utc};
 use mongodb::bson::{Bson, Document, doc};

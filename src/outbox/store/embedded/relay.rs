@@ -10,18 +10,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use futures_util::future::BoxFuture;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{Collection, Database};
 
+use super::elements::{element_entry, event_elements, events_in, events_of, ids_bson};
 use super::embedded_field as f;
+use super::relay_state::{Documents, Held};
 use crate::db::{DbError, classify};
 use crate::domain::EventId;
+use crate::outbox::store::OutboxStore;
 use crate::outbox::store::claim::Claim;
-use crate::outbox::store::entry::{ClaimState, Row, after, bson_time, error_doc, id_bson};
+use crate::outbox::store::entry::{after, bson_time, error_doc};
 use crate::outbox::store::token::ClaimToken;
-use crate::outbox::store::{OutboxStore, RelayStore};
 use crate::outbox::{ClaimedEntry, EntryStatus, LastError};
 
 /// Failures kept in an event's history, as for entries.
@@ -35,53 +36,15 @@ const FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(10);
 #[derive(Debug)]
 pub struct EmbeddedEvents {
     /// The documents, with the relay's relaxed write concern (see [`OutboxStore`]).
-    documents: Collection<Document>,
+    pub(super) documents: Collection<Document>,
     /// The documents' collection's name, for a dead letter's `document.collection`.
     collection: String,
     /// Dead letters and requeued events.
-    entries: OutboxStore,
+    pub(super) entries: OutboxStore,
     /// The shard key's name, copied onto dead letters.
     shard_key: Option<String>,
     /// What each live claim of this process holds.
     claims: Mutex<HashMap<ClaimToken, Held>>,
-}
-
-/// One claim, as remembered until its outcomes are recorded.
-#[derive(Debug, Clone)]
-struct Held {
-    lease_until: DateTime<Utc>,
-    /// `None`: the claim came from the entries' collection.
-    documents: Option<Documents>,
-}
-
-/// The documents a claim holds.
-#[derive(Debug, Clone, Default)]
-struct Documents {
-    /// Each claimed event's document `_id`.
-    of_event: HashMap<EventId, Bson>,
-    /// Whether an outcome moved a document's `due_at` off the end of the lease (rescheduled
-    /// or released), so marking it published must not make it due at once.
-    moved: bool,
-    /// Whether a claimed document is a tombstone.
-    tombstones: bool,
-}
-
-impl Documents {
-    /// The distinct documents holding `ids`.
-    fn of(&self, ids: &[EventId]) -> Vec<Bson> {
-        let mut docs: Vec<Bson> = ids
-            .iter()
-            .filter_map(|id| self.of_event.get(id).cloned())
-            .collect();
-        docs.dedup();
-        let mut seen = Vec::with_capacity(docs.len());
-        for d in docs {
-            if !seen.contains(&d) {
-                seen.push(d);
-            }
-        }
-        seen
-    }
 }
 
 /// A claimed document read back.
@@ -121,7 +84,7 @@ impl EmbeddedEvents {
         }
     }
 
-    fn held(&self, token: ClaimToken) -> Option<Held> {
+    pub(super) fn held(&self, token: ClaimToken) -> Option<Held> {
         let claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
         claims.get(&token).cloned()
     }
@@ -140,7 +103,7 @@ impl EmbeddedEvents {
     }
 
     /// Claims due documents; when none is due, due entries of the entries' collection.
-    async fn claim_any(
+    pub(super) async fn claim_any(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
@@ -294,7 +257,7 @@ impl EmbeddedEvents {
     }
 
     /// Removes the published events `ids` from the claim's documents.
-    async fn remove_published(
+    pub(super) async fn remove_published(
         &self,
         token: ClaimToken,
         held: &Held,
@@ -339,7 +302,7 @@ impl EmbeddedEvents {
     /// Moves the events `ids` to the entries' collection as dead entries, then removes them
     /// from their documents. The entry is written first: a crash between leaves the event
     /// in both (claimed again later, its dead entry already there), never in neither.
-    async fn move_to_dead(
+    pub(super) async fn move_to_dead(
         &self,
         token: ClaimToken,
         docs: &Documents,
@@ -437,7 +400,7 @@ impl EmbeddedEvents {
 
     /// Records a failed publish on the events: an attempt, the error, and the document due
     /// again at `next`.
-    async fn record_failure(
+    pub(super) async fn record_failure(
         &self,
         token: ClaimToken,
         docs: &Documents,
@@ -468,7 +431,7 @@ impl EmbeddedEvents {
         Ok(events_in(ids, docs, updated, of.len()))
     }
 
-    async fn give_back(
+    pub(super) async fn give_back(
         &self,
         token: ClaimToken,
         docs: &Documents,
@@ -492,7 +455,7 @@ impl EmbeddedEvents {
     }
 
     /// Removes expired idempotency keys from the documents that hold any.
-    async fn purge_keys(&self, now: DateTime<Utc>) -> Result<u64, DbError> {
+    pub(super) async fn purge_keys(&self, now: DateTime<Utc>) -> Result<u64, DbError> {
         let expired = doc! { "$lte": bson_time(now) };
         Ok(self
             .documents
@@ -502,248 +465,5 @@ impl EmbeddedEvents {
             )
             .await?
             .modified_count)
-    }
-}
-
-/// How many of `ids` an update reached: all when every document matched; otherwise a share
-/// (a document taken over by another claim; the caller only logs the difference).
-fn events_in(ids: &[EventId], docs: &Documents, matched: u64, expected: usize) -> u64 {
-    let n = ids
-        .iter()
-        .filter(|id| docs.of_event.contains_key(id))
-        .count() as u64;
-    if matched >= expected as u64 {
-        n
-    } else {
-        n * matched / (expected.max(1) as u64)
-    }
-}
-
-fn ids_bson(ids: &[EventId]) -> Vec<Bson> {
-    ids.iter().map(id_bson).collect()
-}
-
-/// The elements of `_outbox.events`.
-fn event_elements(outbox: Option<&Document>) -> Vec<Document> {
-    outbox
-        .and_then(|o| o.get_array("events").ok())
-        .map(|events| {
-            events
-                .iter()
-                .filter_map(|e| e.as_document().cloned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The pending events of a document's `_outbox`, in order, as the relay publishes them.
-fn events_of(outbox: Option<&Document>) -> Vec<ClaimedEntry> {
-    event_elements(outbox)
-        .iter()
-        .filter_map(element_entry)
-        .collect()
-}
-
-/// One element read as an entry would be (the element stores the entry's event).
-fn element_entry(element: &Document) -> Option<ClaimedEntry> {
-    let row = doc! {
-        "_id": element.get("id")?.clone(),
-        "_outbox": {
-            "attempts": element.get_i32("attempts").unwrap_or(0),
-            "event": element.get_document("event").ok()?.clone(),
-        },
-    };
-    bson::from_document::<Row<ClaimState>>(row)
-        .ok()?
-        .into_entry()
-}
-
-impl RelayStore for EmbeddedEvents {
-    fn claim(
-        &self,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Claim, DbError>> {
-        Box::pin(self.claim_any(now, lease, limit))
-    }
-
-    fn defer_blocked<'a>(
-        &'a self,
-        claim: &'a mut Claim,
-        now: DateTime<Utc>,
-        parked_for: Duration,
-    ) -> BoxFuture<'a, Result<u64, DbError>> {
-        Box::pin(async move {
-            match self.held(claim.token) {
-                // A document's events are in order already and claimed together.
-                Some(Held {
-                    documents: Some(_), ..
-                }) => Ok(0),
-                _ => self.entries.defer_blocked(claim, now, parked_for).await,
-            }
-        })
-    }
-
-    fn mark_claim_published(
-        &self,
-        token: ClaimToken,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'_, Result<u64, DbError>> {
-        Box::pin(async move {
-            match self.held(token) {
-                Some(Held {
-                    documents: Some(docs),
-                    ..
-                }) => {
-                    let ids: Vec<EventId> = docs.of_event.keys().copied().collect();
-                    let held = Held {
-                        lease_until,
-                        documents: None,
-                    };
-                    self.remove_published(token, &held, &docs, &ids, now).await
-                }
-                _ => {
-                    self.entries
-                        .mark_claim_published(token, lease_until, now)
-                        .await
-                }
-            }
-        })
-    }
-
-    fn mark_published<'a>(
-        &'a self,
-        token: ClaimToken,
-        ids: &'a [EventId],
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<u64, DbError>> {
-        Box::pin(async move {
-            match self.held(token) {
-                Some(held) => match &held.documents {
-                    Some(docs) => self.remove_published(token, &held, docs, ids, now).await,
-                    None => self.entries.mark_published(token, ids, now).await,
-                },
-                None => self.entries.mark_published(token, ids, now).await,
-            }
-        })
-    }
-
-    fn reschedule<'a>(
-        &'a self,
-        token: ClaimToken,
-        ids: &'a [EventId],
-        next_attempt_at: DateTime<Utc>,
-        error: &'a LastError,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<u64, DbError>> {
-        Box::pin(async move {
-            match self.held(token).and_then(|h| h.documents) {
-                Some(docs) => {
-                    self.record_failure(token, &docs, ids, next_attempt_at, error, now)
-                        .await
-                }
-                None => {
-                    self.entries
-                        .reschedule(token, ids, next_attempt_at, error, now)
-                        .await
-                }
-            }
-        })
-    }
-
-    fn dead_letter<'a>(
-        &'a self,
-        token: ClaimToken,
-        ids: &'a [EventId],
-        error: &'a LastError,
-        count_attempt: bool,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<u64, DbError>> {
-        Box::pin(async move {
-            match self.held(token).and_then(|h| h.documents) {
-                Some(docs) => {
-                    self.move_to_dead(token, &docs, ids, error, count_attempt, now)
-                        .await
-                }
-                None => {
-                    self.entries
-                        .dead_letter(token, ids, error, count_attempt, now)
-                        .await
-                }
-            }
-        })
-    }
-
-    fn release<'a>(
-        &'a self,
-        token: ClaimToken,
-        ids: &'a [EventId],
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<u64, DbError>> {
-        Box::pin(async move {
-            match self.held(token).and_then(|h| h.documents) {
-                Some(docs) => self.give_back(token, &docs, ids, now).await,
-                None => self.entries.release(token, ids, now).await,
-            }
-        })
-    }
-
-    fn purge_published(
-        &self,
-        cutoff: DateTime<Utc>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<u64, DbError>> {
-        Box::pin(self.entries.purge_published(cutoff, limit))
-    }
-
-    fn purge_expired_records(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<u64, DbError>> {
-        Box::pin(async move {
-            let records = self.entries.purge_expired_records(now, limit).await?;
-            Ok(records + self.purge_keys(now).await?)
-        })
-    }
-
-    fn count_pending(&self) -> BoxFuture<'_, Result<u64, DbError>> {
-        Box::pin(async move {
-            let entries = self.entries.count_pending().await?;
-            let documents = self
-                .documents
-                .count_documents(doc! { f::DUE_AT: { "$exists": true } })
-                .await?;
-            Ok(entries + documents)
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::value::RawValue;
-
-    use super::super::pending_event;
-    use super::*;
-    use crate::domain::OutboxEvent;
-
-    #[test]
-    fn a_pending_element_reads_back_as_the_entry_it_came_from() {
-        let event = OutboxEvent::new(
-            EventId::for_change("db", "documents", "d-1", "l", 1),
-            "documents/d-1".into(),
-            "CosmosDB.DocumentCreated".into(),
-            "1.0".into(),
-            RawValue::from_string(r#"{"_id":"d-1"}"#.into()).unwrap(),
-            DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
-        );
-        let element = pending_event(&event);
-        let entry = element_entry(&element).unwrap();
-        assert_eq!(entry.event.id, event.id);
-        assert_eq!(entry.event.subject, event.subject);
-        assert_eq!(entry.event.data.get(), event.data.get());
-        assert_eq!(entry.attempts, 0);
     }
 }
