@@ -504,3 +504,47 @@ async fn embedded_writes_open_no_transaction_and_survive_throttling_and_error_50
     db.drop().await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn throttling_without_a_hint_is_retried_then_answered_503_when_it_persists() {
+    for placement in ["colocated", "embedded"] {
+        let proxy = proxy().await;
+        let db = TestDb::with(&[("OUTBOX_PLACEMENT", placement)]).await;
+        let rx = receiver::start().await;
+        let budget = [("MONGODB_WRITE_TIMEOUT_MS", "1500")];
+        let handler = Handler::functions(&through(&proxy, app_settings(&db, &rx, &budget))).await;
+        proxy.handle().set_throttle_match(Match::writes());
+        proxy.handle().set_throttle_hint(false);
+
+        proxy.handle().throttle_next(2);
+        let passes = handler
+            .write(&ClientRequest::post_json(r#"{"_id":"nh-1"}"#))
+            .await;
+        assert_eq!(passes.status, 201, "{placement}: {:?}", passes.body);
+
+        proxy.handle().set_throttle_rate(1.0);
+        let steady = handler
+            .write(&ClientRequest::post_json(r#"{"_id":"nh-2"}"#))
+            .await;
+        proxy.handle().set_throttle_rate(0.0);
+        assert_eq!(
+            (steady.status, steady.error_code()),
+            (503, "ServiceUnavailable"),
+            "{placement}: {:?}",
+            steady.body
+        );
+        assert!(steady.header("Retry-After").is_some(), "{placement}");
+        assert!(
+            proxy.handle().stats().throttled_commands >= 4,
+            "{placement}"
+        );
+        assert_eq!(
+            db.count_documents().await,
+            1,
+            "{placement}: nh-2 not written"
+        );
+        assert_eq!(db.count_entries().await, 1, "{placement}");
+        db.drop().await;
+        proxy.shutdown().await;
+    }
+}
