@@ -261,3 +261,66 @@ async fn a_hot_document_written_while_the_relay_removes_its_events_publishes_eac
     }
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_sharded_collection_keeps_its_shard_key_on_documents_tombstones_and_dead_letters() {
+    let shard = [
+        ("OUTBOX_PLACEMENT", "embedded"),
+        ("MONGODB_SHARD_KEY", "tenant"),
+    ];
+    let db = TestDb::with(&shard).await;
+    let rx = receiver::start().await;
+    let extra = [("MONGODB_SHARD_KEY", "tenant")];
+    let handler = Handler::functions(&app_settings(&db, &rx, &extra)).await;
+    for i in 0..3 {
+        let id = format!("sk-{i}");
+        let body = format!(r#"{{"tenant":"t{i}","v":1}}"#);
+        assert_eq!(
+            handler
+                .write(&ClientRequest::put_json(&id, body))
+                .await
+                .status,
+            201
+        );
+        let body = format!(r#"{{"tenant":"t{i}","v":2}}"#);
+        assert_eq!(
+            handler
+                .write(&ClientRequest::put_json(&id, body))
+                .await
+                .status,
+            200
+        );
+    }
+    let deleted = handler.write(&ClientRequest::delete("sk-0")).await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    let tomb = raw(&db, "sk-0").await.unwrap();
+    assert_eq!(
+        tomb.get_str("tenant"),
+        Ok("t0"),
+        "the tombstone keeps the shard key"
+    );
+    // One event of sk-1 is refused by the topic: it moves out as a dead letter.
+    let poison = raw(&db, "sk-1").await.unwrap();
+    let poison_id = crate::support::mongo::pending_event_ids(&poison)[0].clone();
+    rx.handle().reject_ids(Some(&poison_id)).unwrap();
+
+    let report = drain(&relay(&settings(&db, &rx, &extra))).await;
+    assert_eq!(
+        (report.published, report.dead_lettered),
+        (6, 1),
+        "{report:?}"
+    );
+    assert!(raw(&db, "sk-0").await.is_none(), "tombstone removed");
+    let dead = db
+        .outbox()
+        .find_one(doc! { "_outbox.status": "dead" })
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(dead.get_str("tenant"), Ok("t1"), "{dead:?}");
+    for i in 1..3 {
+        let d = raw(&db, &format!("sk-{i}")).await.unwrap();
+        assert!(d.get("_outbox").is_none(), "{d:?}");
+    }
+    db.drop().await;
+}

@@ -381,6 +381,25 @@ fn is_orphaned(name: &str) -> bool {
     })
 }
 
+/// The ids of the events pending in an `embedded` document, oldest first.
+pub fn pending_event_ids(document: &Document) -> Vec<String> {
+    document
+        .get_document("_outbox")
+        .and_then(|o| o.get_array("events"))
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| match e.as_document()?.get("id")? {
+                    mongodb::bson::Bson::Binary(b) => {
+                        Some(uuid::Uuid::from_slice(&b.bytes).ok()?.to_string())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// An outbox entry's state document (`_outbox`), by event id.
 pub async fn entry_state(db: &TestDb, event_id: &str) -> Document {
     let uuid = uuid::Uuid::parse_str(event_id).unwrap();

@@ -136,16 +136,24 @@ impl EmbeddedEvents {
         let lease_until = after(now, lease);
         let held_until = bson_time(lease_until);
         let due = doc! { f::DUE_AT: { "$lte": bson_time(now) } };
-        let ids: Vec<Bson> = self
+        let mut projection = doc! { "_id": 1 };
+        if let Some(k) = &self.shard_key {
+            projection.insert(k.as_str(), 1);
+        }
+        let found: Vec<Document> = self
             .documents
             .find(due.clone())
             .sort(doc! { f::DUE_AT: 1 })
             .limit(i64::from(limit.max(1)))
-            .projection(doc! { "_id": 1 })
+            .projection(projection)
             .await?
-            .map_ok(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
             .try_collect()
             .await?;
+        let ids: Vec<Bson> = found
+            .iter()
+            .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
+        let shards = self.shard_values(&found);
         let mut claim = Claim {
             token,
             lease_until,
@@ -158,6 +166,7 @@ impl EmbeddedEvents {
         }
         let mut take = due;
         take.insert("_id", doc! { "$in": &ids });
+        self.add_shards(&mut take, &shards);
         let taken = self
             .documents
             .update_many(
@@ -176,7 +185,10 @@ impl EmbeddedEvents {
             return Ok(claim);
         }
         let docs = self.read_back(token, held_until, &ids).await?;
-        let mut held = Documents::default();
+        let mut held = Documents {
+            shards,
+            ..Documents::default()
+        };
         let mut empty = Vec::new();
         for d in docs {
             let events = events_of(d.outbox.as_ref());
@@ -195,7 +207,7 @@ impl EmbeddedEvents {
         if !empty.is_empty() {
             // Left behind by a relay that stopped between removing the last events and
             // tidying up: tidy up now.
-            self.tidy(token, &empty, true).await?;
+            self.tidy(token, &empty, &held.shards, true).await?;
         }
         self.remember(
             token,
@@ -229,9 +241,33 @@ impl EmbeddedEvents {
             .await?)
     }
 
-    /// Documents of `docs` still held under `token`.
-    fn fence(token: ClaimToken, docs: &[Bson]) -> Document {
-        doc! { "_id": { "$in": docs }, f::LEASE_TOKEN: token.bson() }
+    /// Documents of `docs` still held under `token`; with `MONGODB_SHARD_KEY`, the filter
+    /// names the claim's shard key values too (RU requires the shard key in every filter).
+    fn fence(&self, token: ClaimToken, docs: &[Bson], shards: &[Bson]) -> Document {
+        let mut filter = doc! { "_id": { "$in": docs }, f::LEASE_TOKEN: token.bson() };
+        self.add_shards(&mut filter, shards);
+        filter
+    }
+
+    /// Adds `{<shard key>: {$in: shards}}` to `filter` when the collection is sharded.
+    fn add_shards(&self, filter: &mut Document, shards: &[Bson]) {
+        if let Some(k) = &self.shard_key {
+            filter.insert(k.as_str(), doc! { "$in": shards });
+        }
+    }
+
+    /// The distinct shard key values of `docs` (none unless the collection is sharded).
+    fn shard_values(&self, docs: &[Document]) -> Vec<Bson> {
+        let Some(k) = &self.shard_key else {
+            return Vec::new();
+        };
+        let mut values: Vec<Bson> = Vec::new();
+        for v in docs.iter().map(|d| d.get(k).cloned().unwrap_or(Bson::Null)) {
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+        values
     }
 
     /// After events were removed: a document left with none loses its `_outbox`, and a
@@ -241,9 +277,10 @@ impl EmbeddedEvents {
         &self,
         token: ClaimToken,
         docs: &[Bson],
+        shards: &[Bson],
         tombstones: bool,
     ) -> Result<(), DbError> {
-        let mut empty = Self::fence(token, docs);
+        let mut empty = self.fence(token, docs, shards);
         empty.insert(f::EVENTS, doc! { "$size": 0 });
         if tombstones {
             let mut tomb = empty.clone();
@@ -272,7 +309,7 @@ impl EmbeddedEvents {
         let pull = doc! { f::EVENTS: { "id": { "$in": ids_bson(ids) } } };
         // Still at the end of our lease: due again at once, for whatever a write appended
         // meanwhile. A document an outcome moved keeps its new due time.
-        let mut at_lease_end = Self::fence(token, &of);
+        let mut at_lease_end = self.fence(token, &of, &docs.shards);
         at_lease_end.insert(f::DUE_AT, bson_time(held.lease_until));
         let mut removed = self
             .documents
@@ -287,7 +324,7 @@ impl EmbeddedEvents {
             .await?
             .modified_count;
         if docs.moved {
-            let mut moved = Self::fence(token, &of);
+            let mut moved = self.fence(token, &of, &docs.shards);
             moved.insert(f::DUE_AT, doc! { "$ne": bson_time(held.lease_until) });
             removed += self
                 .documents
@@ -295,7 +332,7 @@ impl EmbeddedEvents {
                 .await?
                 .modified_count;
         }
-        self.tidy(token, &of, docs.tombstones).await?;
+        self.tidy(token, &of, &docs.shards, docs.tombstones).await?;
         Ok(events_in(ids, docs, removed, of.len()))
     }
 
@@ -321,7 +358,7 @@ impl EmbeddedEvents {
         }
         let held: Vec<Document> = self
             .documents
-            .find(Self::fence(token, &of))
+            .find(self.fence(token, &of, &docs.shards))
             .projection(projection)
             .await?
             .try_collect()
@@ -353,14 +390,14 @@ impl EmbeddedEvents {
         }
         self.documents
             .update_many(
-                Self::fence(token, &of),
+                self.fence(token, &of, &docs.shards),
                 doc! {
                     "$pull": { f::EVENTS: { "id": { "$in": ids_bson(ids) } } },
                     "$inc": { f::VERSION: 1_i64 },
                 },
             )
             .await?;
-        self.tidy(token, &of, docs.tombstones).await?;
+        self.tidy(token, &of, &docs.shards, docs.tombstones).await?;
         Ok(moved)
     }
 
@@ -417,7 +454,7 @@ impl EmbeddedEvents {
         let updated = self
             .documents
             .update_many(
-                Self::fence(token, &of),
+                self.fence(token, &of, &docs.shards),
                 doc! {
                     "$set": { f::DUE_AT: bson_time(next), "_outbox.events.$[e].last_error": err.clone() },
                     "$inc": { "_outbox.events.$[e].attempts": 1, f::VERSION: 1_i64 },
@@ -445,7 +482,7 @@ impl EmbeddedEvents {
         let updated = self
             .documents
             .update_many(
-                Self::fence(token, &of),
+                self.fence(token, &of, &docs.shards),
                 doc! { "$set": { f::DUE_AT: bson_time(now) }, "$inc": { f::VERSION: 1_i64 } },
             )
             .await?

@@ -26,6 +26,8 @@ pub(super) struct Documents {
     pub(super) moved: bool,
     /// Whether a claimed document is a tombstone.
     pub(super) tombstones: bool,
+    /// The claimed documents' shard key values (empty unless the collection is sharded).
+    pub(super) shards: Vec<Bson>,
 }
 
 impl Documents {
