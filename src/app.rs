@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EventSchema, Settings};
+use crate::config::{EventSchema, PlacementSetting, Settings};
 use crate::db::Db;
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
@@ -58,6 +58,12 @@ pub enum Mode {
 /// that is backing off (the drain defers such entries; the push path cannot see them).
 fn push_path(settings: &Settings) -> Option<(Handoff, Inbox)> {
     if !settings.relay.push {
+        return None;
+    }
+    if settings.mongodb.placement == PlacementSetting::Embedded {
+        tracing::info!(
+            "OUTBOX_PLACEMENT=embedded: the push path is off (events live in their documents, where a push cannot hold them); events are published by drains and the tail"
+        );
         return None;
     }
     if settings.mongodb.ordered_by_subject {

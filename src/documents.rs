@@ -47,6 +47,9 @@ use retry::GaveUp;
 /// whitespace-heavy bodies reach the exact event check.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// `Retry-After` of a write refused because its document holds the most pending events it may.
+const BACKLOG_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Version written into each event's `dataVersion`.
 pub const DATA_VERSION: &str = "1.0";
 
@@ -332,6 +335,20 @@ fn refusal_error(r: Refusal, id: &DocumentId) -> WriteError {
             WriteError::PreconditionFailed { reason, current }
         }
         Refusal::Conflict => WriteError::Conflict(id.clone()),
+        // The topic is behind on this document: nothing was written; by the time the client
+        // tries again the relay has likely caught up.
+        Refusal::Backlogged { pending } => {
+            tracing::warn!(document.id = %id, pending, "A write was refused: its document holds the most unpublished events it may");
+            WriteError::Unavailable {
+                retry_after: BACKLOG_RETRY_AFTER,
+                source: None,
+            }
+        }
+        Refusal::TooLarge { size, limit } => WriteError::Input(InputError::TooLarge {
+            what: "document with its pending events",
+            size,
+            limit,
+        }),
     }
 }
 

@@ -82,6 +82,10 @@ struct Args {
     /// server, so use the figures for proportions) and report the cost of each kind of query.
     #[arg(long)]
     mongod_profile: bool,
+    /// OUTBOX_PLACEMENT of the writes scenario (`separate`, `colocated` or `embedded`); the
+    /// drain's backlog is seeded as entries, so it stays `separate`.
+    #[arg(long, default_value = "separate")]
+    writes_placement: String,
     /// Requests per operation in the lifecycle scenario.
     #[arg(long, default_value_t = 10_000)]
     lifecycle_requests: usize,
@@ -272,8 +276,10 @@ async fn run(
 
     if args.wants(Scenario::Writes) {
         env.insert("MONGODB_DATABASE".into(), "bench_writes".into());
-        eprintln!("outbox-bench: writes");
-        let (handler, base) = procs::start_handler(bins, &env, &http).await?;
+        eprintln!("outbox-bench: writes ({})", args.writes_placement);
+        let mut writes_env = env.clone();
+        writes_env.insert("OUTBOX_PLACEMENT".into(), args.writes_placement.clone());
+        let (handler, base) = procs::start_handler(bins, &writes_env, &http).await?;
         let warm = writes::run(&http, &base, "warm", args.warmup, 4).await;
         let mut results = serde_json::Map::new();
         let c1_count = args.writes_c1.unwrap_or(args.writes / 10).max(1);
@@ -344,6 +350,7 @@ async fn run(
             "warmup".into(),
             json!({ "count": args.warmup, "concurrency": 4 }),
         );
+        results.insert("placement".into(), args.writes_placement.clone().into());
         figures["writes"] = results.into();
     }
 

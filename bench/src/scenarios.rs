@@ -1,7 +1,7 @@
 //! The scenarios beyond the first release's writes and drain:
 //!
-//! - **lifecycle**: POST, PUT, DELETE at concurrency 16 in `separate` and `colocated`
-//!   placement, direct to mongod and through the Cosmos DB RU emulation proxy (where `separate`
+//! - **lifecycle**: POST, PUT, DELETE at concurrency 16 in `separate`, `colocated` and
+//!   `embedded` placement, direct to mongod and through the Cosmos DB RU emulation proxy (where `separate`
 //!   must fail as it would on Cosmos DB RU, writing nothing);
 //! - **relays**: one backlog drained by 1, 2 and 4 handler processes at once;
 //! - **faults**: a drain under 5 % injected 503s, and the time to drain a backlog after a
@@ -172,6 +172,8 @@ pub(crate) async fn lifecycle(
         ("separate_direct", "separate", false),
         ("colocated_direct", "colocated", false),
         ("colocated_proxy", "colocated", true),
+        ("embedded_direct", "embedded", false),
+        ("embedded_proxy", "embedded", true),
     ] {
         eprintln!("outbox-bench: lifecycle {name}");
         let database = format!("bench_life_{name}");

@@ -90,6 +90,8 @@ pub struct ProxyConfig {
     pub throttle_rate: f64,
     /// The `RetryAfterMs=<n>` value in 16500 messages.
     pub retry_after_ms: u64,
+    /// Whether 16500 messages carry `RetryAfterMs` at all.
+    pub throttle_hint: bool,
     /// Which commands throttling applies to (rate and schedule).
     pub throttle_match: Match,
     /// Which commands the error-50 schedule applies to.
@@ -120,6 +122,7 @@ impl Default for ProxyConfig {
             ttl_only_on_ts: true,
             throttle_rate: 0.0,
             retry_after_ms: DEFAULT_RETRY_AFTER_MS,
+            throttle_hint: true,
             throttle_match: Match::data(),
             error50_match: Match::data(),
             error50_delay: Duration::ZERO,

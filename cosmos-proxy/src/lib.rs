@@ -53,6 +53,7 @@ mod conn;
 pub mod cosmos;
 mod state;
 pub mod stats;
+mod unhinted;
 mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -325,6 +326,12 @@ impl ProxyHandle {
     pub fn set_retry_after_ms(&self, ms: u64) {
         self.shared
             .update(|config, _, _| config.retry_after_ms = ms);
+    }
+
+    /// Whether 16500 messages carry `RetryAfterMs` (`false`: no hint, as RU sometimes sends).
+    pub fn set_throttle_hint(&self, hint: bool) {
+        self.shared
+            .update(|config, _, _| config.throttle_hint = hint);
     }
 
     /// Sets which commands throttling applies to.

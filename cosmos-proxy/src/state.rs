@@ -186,7 +186,11 @@ impl Inner {
 
     fn throttle_error(&mut self) -> CosmosError {
         let id = self.rng.activity_id();
-        CosmosError::too_many_requests(self.config.retry_after_ms, &id)
+        if self.config.throttle_hint {
+            CosmosError::too_many_requests(self.config.retry_after_ms, &id)
+        } else {
+            CosmosError::too_many_requests_unhinted(&id)
+        }
     }
 
     fn not_active_error(&mut self) -> CosmosError {

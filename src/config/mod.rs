@@ -24,7 +24,9 @@
 //! | `MONGODB_WRITE_TIMEOUT_MS` | `10000` | budget of one document write, transaction retries included |
 //! | `MONGODB_SHARD_KEY` | — | shard key field of a sharded collection (copied onto entries) |
 //! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries (`separate` placement) |
-//! | `OUTBOX_PLACEMENT` | `auto` | `separate`, `colocated` (entries in the documents' collection) or `auto` |
+//! | `OUTBOX_PLACEMENT` | `auto` | `separate`, `colocated` (entries in the documents' collection), `embedded` (events in each document) or `auto` |
+//! | `OUTBOX_EMBEDDED_MAX_PENDING` | `100` | `embedded`: pending events one document may hold (beyond: 503) |
+//! | `OUTBOX_EMBEDDED_MAX_DOCUMENT_BYTES` | the server's | `embedded`: largest stored document (beyond: 413) |
 //! | `OUTBOX_IDEMPOTENCY_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
 //! | `OUTBOX_SOURCE` | `outbox` | `change-stream`: publish one event per change to `MONGODB_COLLECTION` by anyone, from a change stream |
 //! | `OUTBOX_ORDERING` | `none` | `subject`: never publish before an older unpublished entry of the same subject |
@@ -49,6 +51,7 @@
 //! | `EVENTGRID_PUBLISH_RETRIES` | `3` | quick retries of a failed request inside one run (0–3) |
 //! | `RUST_LOG` | `info` | log filter |
 
+mod embedded;
 mod eventgrid;
 mod metrics;
 mod mongo;
@@ -61,6 +64,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use self::embedded::EmbeddedSettings;
 pub use self::eventgrid::{CredentialKind, EventGridAuth, EventGridSettings, EventSchema};
 pub use self::metrics::{MetricsSettings, OtlpSettings};
 pub use self::mongo::{MongoSettings, PlacementSetting};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::embedded::EmbeddedSettings;
 use super::{ConfigError, Env, EventSource, ttl_hours};
 use crate::domain::document::RESERVED_FIELDS;
 
@@ -16,6 +17,9 @@ pub enum PlacementSetting {
     /// In the documents' own collection, so a transaction touches one collection only (required
     /// on Cosmos DB for MongoDB RU).
     Colocated,
+    /// In each document itself (`_outbox` array): every write is one single-document
+    /// operation, no transaction (sharded Cosmos DB for MongoDB RU collections).
+    Embedded,
     /// Probe the server at start-up and choose.
     Auto,
 }
@@ -26,6 +30,7 @@ impl std::str::FromStr for PlacementSetting {
         match s.to_ascii_lowercase().as_str() {
             "separate" => Ok(Self::Separate),
             "colocated" | "co-located" => Ok(Self::Colocated),
+            "embedded" => Ok(Self::Embedded),
             "auto" => Ok(Self::Auto),
             _ => Err(()),
         }
@@ -60,6 +65,8 @@ pub struct MongoSettings {
     /// `OUTBOX_SOURCE`: with a change stream, a write stores only the document, and the
     /// operator commands work on the change stream's dead letters.
     pub source: EventSource,
+    /// The `embedded` placement's bounds (`OUTBOX_EMBEDDED_*`).
+    pub embedded: EmbeddedSettings,
 }
 
 impl MongoSettings {
@@ -99,7 +106,7 @@ impl MongoSettings {
         let placement = env.parse_or(
             "OUTBOX_PLACEMENT",
             PlacementSetting::Auto,
-            "separate, colocated or auto",
+            "separate, colocated, embedded or auto",
         )?;
         let shard_key = shard_key_from_env(env)?;
         let idempotency_ttl = ttl_hours(env, "OUTBOX_IDEMPOTENCY_HOURS", 24)?;
@@ -114,6 +121,7 @@ impl MongoSettings {
             idempotency_ttl,
             ordered_by_subject,
             source: super::source::from_env(env)?,
+            embedded: EmbeddedSettings::from_env(env)?,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,
         })

@@ -170,7 +170,7 @@ pub async fn find(
     Ok(found.as_ref().and_then(parse_record))
 }
 
-fn parse_record(d: &Document) -> Option<Recorded> {
+pub(crate) fn parse_record(d: &Document) -> Option<Recorded> {
     let r = d.get_document(ROOT).ok()?;
     Some(Recorded {
         fingerprint: r.get_str("fingerprint").ok()?.to_owned(),

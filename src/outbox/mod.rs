@@ -75,6 +75,9 @@ pub enum Placement {
     Separate,
     /// In the documents' collection, beside the documents.
     Colocated,
+    /// In each document itself (its `_outbox.events`): one single-document write, no
+    /// transaction. Dead-lettered events move to `OUTBOX_COLLECTION`.
+    Embedded,
 }
 
 /// An entry a relay holds under a claim.

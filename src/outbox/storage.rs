@@ -9,7 +9,7 @@ use tokio::sync::OnceCell;
 
 use super::Placement;
 use super::placement;
-use super::store::{Expiry, OutboxStore};
+use super::store::{Expiry, OutboxStore, RelayStore};
 use super::stream::ChangeStore;
 use super::write::PlacementStore;
 use crate::config::MongoSettings;
@@ -32,6 +32,7 @@ pub struct Storage {
 struct Prepared {
     writer: Arc<dyn PlacementStore>,
     entries: OutboxStore,
+    relay: Arc<dyn RelayStore>,
     expiry: Expiry,
 }
 
@@ -46,8 +47,11 @@ pub struct Ready {
     pub expiry: Expiry,
     /// The write side: documents with their entries and idempotency records.
     pub writer: Arc<dyn PlacementStore>,
-    /// The relay side: claims, records, requeues, skips, purges, counts.
+    /// The entries' collection: requeues, skips, counts, dead letters.
     pub store: OutboxStore,
+    /// The relay side: where this placement's events are claimed and their outcomes recorded
+    /// (the entries themselves, except for `embedded`).
+    pub relay: Arc<dyn RelayStore>,
 }
 
 impl Storage {
@@ -90,9 +94,11 @@ impl Storage {
                 let writer = placement::store_for(placement, &database, self.settings());
                 let expiry = writer.prepare().await?;
                 let entries = OutboxStore::new(&database, writer.entries_collection());
+                let relay = writer.relay_store(&entries);
                 Ok::<_, DbError>(Prepared {
                     writer,
                     entries,
+                    relay,
                     expiry,
                 })
             })
@@ -103,6 +109,7 @@ impl Storage {
             expiry: prepared.expiry,
             writer: Arc::clone(&prepared.writer),
             store: prepared.entries.clone(),
+            relay: Arc::clone(&prepared.relay),
         })
     }
 }

@@ -17,12 +17,14 @@
 //! [`crate::outbox::placement::store_for`]. The box costs one allocation per call, nothing
 //! next to a round trip to the database.
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use mongodb::bson::{Bson, Document};
 
 use super::Placement;
 use super::idempotency::{IdempotencyKey, Recorded};
-use super::store::{Expiry, Hold};
+use super::store::{Expiry, Hold, OutboxStore, RelayStore};
 use crate::db::DbError;
 use crate::domain::{EventId, Operation, OutboxEvent, Revision};
 
@@ -110,6 +112,22 @@ pub enum Refusal {
     /// The document changed (or vanished) between reading and writing it.
     #[error("the document changed during the write")]
     Conflict,
+    /// The document already holds as many unpublished events as it may (`embedded`
+    /// placement, `OUTBOX_EMBEDDED_MAX_PENDING`): the topic is behind; try again later.
+    #[error("the document holds {pending} unpublished events, the most it may")]
+    Backlogged {
+        /// The events waiting on the document.
+        pending: usize,
+    },
+    /// The document with its pending events (`embedded` placement) would pass the largest
+    /// document the server stores.
+    #[error("the document with its pending events would be {size} bytes, more than {limit}")]
+    TooLarge {
+        /// The stored document's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Why a write did not commit.
@@ -172,4 +190,11 @@ pub trait PlacementStore: std::fmt::Debug + Send + Sync {
     /// # Errors
     /// When the database fails.
     fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Document>, DbError>>;
+
+    /// The relay side for this placement, given the store of its entries' collection: where
+    /// events are claimed and their outcomes recorded. The entries themselves, unless the
+    /// placement keeps its events elsewhere.
+    fn relay_store(&self, entries: &OutboxStore) -> Arc<dyn RelayStore> {
+        Arc::new(entries.clone())
+    }
 }

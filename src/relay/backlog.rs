@@ -44,7 +44,9 @@ impl Relay {
 
     /// One reading of the backlog, from the claim index.
     async fn read_backlog(&self) -> Result<Backlog, DbError> {
-        let (store, _) = self.store().await?;
+        // The outbox collection's entries; under `embedded` the events pending inside
+        // documents are not counted (only its dead letters live there).
+        let store = self.storage.ready().await?.store;
         let now = Utc::now();
         let counts = store.backlog(now).await?;
         Ok(Backlog {

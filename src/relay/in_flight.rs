@@ -15,7 +15,7 @@ use crate::config::RelaySettings;
 use crate::db::DbError;
 use crate::domain::{EventId, MAX_EVENT_BYTES};
 use crate::metrics::Path;
-use crate::outbox::store::{ClaimToken, OutboxStore};
+use crate::outbox::store::{ClaimToken, RelayStore};
 use crate::outbox::{ClaimedEntry, LastError};
 use crate::publisher::backoff::quick_retry_delay;
 use crate::publisher::batch::{self, MAX_REQUEST_BYTES, MAX_REQUEST_EVENTS};
@@ -24,7 +24,7 @@ use crate::telemetry::chain;
 
 /// A claimed batch being published, with what is shared by its requests.
 pub(super) struct InFlight {
-    pub(super) store: OutboxStore,
+    pub(super) store: std::sync::Arc<dyn RelayStore>,
     pub(super) publisher: Publisher,
     pub(super) settings: RelaySettings,
     pub(super) token: ClaimToken,

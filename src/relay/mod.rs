@@ -59,7 +59,7 @@ use crate::db::DbError;
 use crate::domain::EventTypes;
 use crate::metrics::Path;
 use crate::outbox::Storage;
-use crate::outbox::store::{Claim, Expiry, OutboxStore};
+use crate::outbox::store::{Claim, Expiry, RelayStore};
 use crate::publisher::Publisher;
 use crate::telemetry::chain;
 
@@ -160,7 +160,7 @@ impl Relay {
         let mut run = Run::new(shutdown.child_token(), deadline);
         while let Some(claim) = self.next_claim(&store, &mut run).await {
             run.report.claimed += claim.entries.len() as u64;
-            let batch = self.in_flight(claim, store.clone(), deadline, run.stop.clone());
+            let batch = self.in_flight(claim, Arc::clone(&store), deadline, run.stop.clone());
             run.in_flight.spawn(batch.run_on(Path::Sweep));
         }
         let mut report = run.finish().await;
@@ -175,16 +175,16 @@ impl Relay {
         report
     }
 
-    /// The outbox store, and how expired data goes; the one place the relay reaches the
-    /// database's set-up.
-    async fn store(&self) -> Result<(OutboxStore, Expiry), DbError> {
+    /// The placement's relay side, and how expired data goes; the one place the relay
+    /// reaches the database's set-up.
+    async fn store(&self) -> Result<(Arc<dyn RelayStore>, Expiry), DbError> {
         let db = self.storage.ready().await?;
-        Ok((db.store.clone(), db.expiry))
+        Ok((db.relay, db.expiry))
     }
 
     /// Waits for a free publishing slot, then claims the next batch; `None` once the run must
     /// stop claiming (nothing due, budget spent, stopped, or the database failed).
-    async fn next_claim(&self, store: &OutboxStore, run: &mut Run) -> Option<Claim> {
+    async fn next_claim(&self, store: &Arc<dyn RelayStore>, run: &mut Run) -> Option<Claim> {
         // Enough time must be left to publish a claimed batch at least once.
         let cutoff = self.settings.time_to_claim(self.publisher.timeout());
         loop {
@@ -216,7 +216,7 @@ impl Relay {
     /// an older unpublished entry of their subject.
     async fn claim_due(
         &self,
-        store: &OutboxStore,
+        store: &Arc<dyn RelayStore>,
         report: &mut RelayReport,
     ) -> Result<Next, DbError> {
         let mut claim = store
@@ -249,7 +249,7 @@ impl Relay {
     /// entries past the retention, expired idempotency records) in batches of at most
     /// `OUTBOX_BATCH_SIZE`, while the run's budget lasts. Returns how many went. A failure
     /// (throttling, say) ends it for this run; the next one goes on.
-    async fn purge(&self, store: &OutboxStore, expiry: Expiry, deadline: Instant) -> u64 {
+    async fn purge(&self, store: &Arc<dyn RelayStore>, expiry: Expiry, deadline: Instant) -> u64 {
         let now = Utc::now();
         // A retention too long to subtract from now: nothing is that old.
         let cutoff = chrono::Duration::from_std(self.retention)
@@ -278,7 +278,7 @@ impl Relay {
     /// near its end, adding what went to `total`.
     async fn purge_in_batches(
         &self,
-        store: &OutboxStore,
+        store: &Arc<dyn RelayStore>,
         kind: Expired,
         deadline: Instant,
         total: &mut u64,
@@ -301,11 +301,12 @@ impl Relay {
         self.settings.lease / LEASE_MARGIN_DIVISOR
     }
 
-    /// A claimed batch, ready to publish: rendered, with its deadline.
+    /// A claimed batch, ready to publish: rendered, with its deadline. `store` is where the
+    /// claim was made (the placement's relay side, or the entries for a push).
     fn in_flight(
         &self,
         claim: Claim,
-        store: OutboxStore,
+        store: impl Into<Arc<dyn RelayStore>>,
         run_deadline: Instant,
         stop: CancellationToken,
     ) -> InFlight {
@@ -319,7 +320,7 @@ impl Relay {
             .map(|e| self.publisher.render(&e.event))
             .collect();
         InFlight {
-            store,
+            store: store.into(),
             publisher: self.publisher.clone(),
             settings: self.settings.clone(),
             token: claim.token,

@@ -99,6 +99,12 @@ pub async fn pending_ids(db: &TestDb) -> HashSet<String> {
             ids.insert(uuid::Uuid::from_slice(&b.bytes).unwrap().to_string());
         }
     }
+    // `embedded`: the events pending inside documents.
+    for element in db.embedded_pending().await {
+        if let Some(Bson::Binary(b)) = element.get("id") {
+            ids.insert(uuid::Uuid::from_slice(&b.bytes).unwrap().to_string());
+        }
+    }
     ids
 }
 

@@ -13,6 +13,7 @@ use eventgrid_receiver::RequestOutcome;
 use futures_util::StreamExt as _;
 use mongodb::bson::{Bson, Document, doc};
 use outbox_relay::domain::EventId;
+use outbox_relay::outbox::Placement;
 use serde_json::{Value, json};
 
 use crate::harness::{Scale, high_water, pending_ids, tail};
@@ -417,9 +418,15 @@ impl Ledger {
 
 /// Committed documents: event id → document id.
 async fn committed(db: &TestDb) -> BTreeMap<String, String> {
+    // `embedded` documents carry their pending events and keys; its tombstones are not data.
+    let filter = if db.placement == Placement::Embedded {
+        doc! { "_meta.deleted": { "$ne": true } }
+    } else {
+        doc! { "_outbox": { "$exists": false }, "_idempotency": { "$exists": false } }
+    };
     let mut cursor = db
         .documents()
-        .find(doc! { "_outbox": { "$exists": false }, "_idempotency": { "$exists": false } })
+        .find(filter)
         .projection(doc! { "_id": 1, "_meta": 1 })
         .await
         .unwrap();
@@ -452,14 +459,27 @@ async fn entries(db: &TestDb) -> HashMap<String, EntryView> {
         )
         .await
         .unwrap();
-    let mut out = HashMap::new();
+    let mut states: Vec<(String, Document)> = Vec::new();
     while let Some(d) = cursor.next().await {
         let d = d.unwrap();
         let Some(Bson::Binary(b)) = d.get("_id") else {
             continue;
         };
         let id = uuid::Uuid::from_slice(&b.bytes).unwrap().to_string();
-        let state = d.get_document("_outbox").unwrap();
+        states.push((id, d.get_document("_outbox").unwrap().clone()));
+    }
+    // `embedded`: events still pending sit in their documents.
+    for mut element in db.embedded_pending().await {
+        let Some(Bson::Binary(b)) = element.get("id") else {
+            continue;
+        };
+        let id = uuid::Uuid::from_slice(&b.bytes).unwrap().to_string();
+        element.insert("status", "pending");
+        states.push((id, element));
+    }
+    let mut out = HashMap::new();
+    for (id, state) in &states {
+        let (id, state) = (id.clone(), state);
         let history: Vec<&Document> = state
             .get_array("history")
             .map(|a| a.iter().filter_map(Bson::as_document).collect())
@@ -491,6 +511,17 @@ async fn entries(db: &TestDb) -> HashMap<String, EntryView> {
                 history: text,
             },
         );
+    }
+    if db.placement == Placement::Embedded {
+        // A published event leaves its document and keeps no record; a document and its
+        // events are one document, so no half write can hide behind this.
+        for id in committed(db).await.into_keys() {
+            out.entry(id).or_insert_with(|| EntryView {
+                status: "published".to_owned(),
+                unknown_outcomes: 0,
+                history: String::new(),
+            });
+        }
     }
     out
 }

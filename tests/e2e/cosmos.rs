@@ -428,3 +428,123 @@ async fn without_ttl_indexes_the_relay_removes_expired_data_and_nothing_else() {
     db.drop().await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn embedded_writes_open_no_transaction_and_survive_throttling_and_error_50() {
+    let proxy = proxy().await;
+    let db = TestDb::with(&[("OUTBOX_PLACEMENT", "embedded")]).await;
+    let rx = receiver::start().await;
+    let handler = Handler::functions(&through(&proxy, app_settings(&db, &rx, &[]))).await;
+    proxy.handle().set_throttle_match(Match::writes());
+    proxy.handle().set_retry_after_ms(5);
+    proxy.handle().throttle_next(3);
+
+    let mut event_ids = Vec::new();
+    for i in 0..5 {
+        let id = format!("emb-{i}");
+        for request in [
+            ClientRequest::post_json(format!(r#"{{"_id":"{id}","v":1}}"#))
+                .header("Idempotency-Key", &format!("emb-create-{i}")),
+            ClientRequest::put_json(&id, r#"{"v":2}"#),
+        ] {
+            let res = handler.write(&request).await;
+            assert!(res.status == 200 || res.status == 201, "{:?}", res.body);
+            event_ids.push(res.body["eventId"].as_str().unwrap().to_owned());
+        }
+    }
+    let res = handler.write(&ClientRequest::delete("emb-0")).await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    event_ids.push(res.body["eventId"].as_str().unwrap().to_owned());
+    // Error 50 after the insert was applied: the retry under the same key replays it.
+    proxy.handle().set_error50_match(Match::writes());
+    proxy.handle().error50_next(1);
+    let request =
+        ClientRequest::post_json(r#"{"_id":"emb-e50"}"#).header("Idempotency-Key", "emb-e50");
+    let first = handler.write(&request).await;
+    assert!(
+        first.status == 201 || first.status == 503,
+        "{:?}",
+        first.body
+    );
+    let retry = handler.write(&request).await;
+    assert_eq!(retry.status, 201, "{:?}", retry.body);
+    event_ids.push(retry.body["eventId"].as_str().unwrap().to_owned());
+
+    let stats = proxy.handle().stats();
+    assert!(stats.throttled_commands >= 3, "{stats:?}");
+    assert!(stats.error50_commands >= 1, "{stats:?}");
+    assert!(
+        proxy.handle().transactions().is_empty(),
+        "no write opened a transaction: {:?}",
+        proxy.handle().transactions()
+    );
+    assert_eq!(
+        db.count_documents().await,
+        5,
+        "emb-1..4 and emb-e50, once each"
+    );
+    // The relay goes through the proxy too: RU's index rules, a throttled command.
+    let through_proxy =
+        outbox_relay::config::Settings::from_env(&outbox_relay::config::Env::from_map(
+            through(&proxy, app_settings(&db, &rx, &[]))
+                .into_iter()
+                .collect(),
+        ))
+        .unwrap();
+    proxy.handle().throttle_next(1);
+    let mut report = drain(&relay(&through_proxy)).await;
+    if report.stopped.is_some() {
+        // A throttled claim stops a run; the next one goes on.
+        let more = drain(&relay(&through_proxy)).await;
+        report.published += more.published;
+    }
+    assert_eq!(report.published, 12, "{report:?}");
+    let accepted: HashSet<String> = rx.handle().accepted_ids().into_iter().collect();
+    assert_eq!(accepted, event_ids.into_iter().collect());
+    db.drop().await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttling_without_a_hint_is_retried_then_answered_503_when_it_persists() {
+    for placement in ["colocated", "embedded"] {
+        let proxy = proxy().await;
+        let db = TestDb::with(&[("OUTBOX_PLACEMENT", placement)]).await;
+        let rx = receiver::start().await;
+        let budget = [("MONGODB_WRITE_TIMEOUT_MS", "1500")];
+        let handler = Handler::functions(&through(&proxy, app_settings(&db, &rx, &budget))).await;
+        proxy.handle().set_throttle_match(Match::writes());
+        proxy.handle().set_throttle_hint(false);
+
+        proxy.handle().throttle_next(2);
+        let passes = handler
+            .write(&ClientRequest::post_json(r#"{"_id":"nh-1"}"#))
+            .await;
+        assert_eq!(passes.status, 201, "{placement}: {:?}", passes.body);
+
+        proxy.handle().set_throttle_rate(1.0);
+        let steady = handler
+            .write(&ClientRequest::post_json(r#"{"_id":"nh-2"}"#))
+            .await;
+        proxy.handle().set_throttle_rate(0.0);
+        assert_eq!(
+            (steady.status, steady.error_code()),
+            (503, "ServiceUnavailable"),
+            "{placement}: {:?}",
+            steady.body
+        );
+        assert!(steady.header("Retry-After").is_some(), "{placement}");
+        assert!(
+            proxy.handle().stats().throttled_commands >= 4,
+            "{placement}"
+        );
+        assert_eq!(
+            db.count_documents().await,
+            1,
+            "{placement}: nh-2 not written"
+        );
+        assert_eq!(db.count_entries().await, 1, "{placement}");
+        db.drop().await;
+        proxy.shutdown().await;
+    }
+}

@@ -19,6 +19,7 @@ mod change_stream_ops;
 mod cli;
 mod cosmos;
 mod doctor;
+mod embedded;
 mod envelope;
 mod lifecycle;
 mod make_run;

@@ -196,6 +196,7 @@ async fn placement_check(db: &Db, mongo: &MongoSettings) -> Result<(Check, Place
     let name = |p: Placement| match p {
         Placement::Separate => "separate",
         Placement::Colocated => "colocated",
+        Placement::Embedded => "embedded",
     };
     let check = match (mongo.placement, allowed) {
         (PlacementSetting::Separate, Placement::Colocated) => {
@@ -219,7 +220,15 @@ async fn placement_check(db: &Db, mongo: &MongoSettings) -> Result<(Check, Place
             TITLE,
             format!("colocated (the server allows {})", name(allowed)),
         ),
-        (PlacementSetting::Separate, Placement::Separate) => Check::pass(
+        (PlacementSetting::Embedded, _) => Check::pass(
+            ID,
+            TITLE,
+            format!(
+                "embedded: single-document writes need no transaction (the server allows {})",
+                name(allowed)
+            ),
+        ),
+        (PlacementSetting::Separate, Placement::Separate | Placement::Embedded) => Check::pass(
             ID,
             TITLE,
             "separate: the server accepts a transaction across the documents' and the outbox collections",
@@ -228,6 +237,7 @@ async fn placement_check(db: &Db, mongo: &MongoSettings) -> Result<(Check, Place
     let placement = match mongo.placement {
         PlacementSetting::Separate => Placement::Separate,
         PlacementSetting::Colocated => Placement::Colocated,
+        PlacementSetting::Embedded => Placement::Embedded,
         PlacementSetting::Auto => allowed,
     };
     Ok((check, placement))

@@ -5,6 +5,9 @@
 //!   transaction across two collections (MongoDB, Cosmos DB vCore).
 //! - `colocated` (`colocated.rs`): entries and records in the documents' own collection, so a
 //!   transaction touches one collection (required on Cosmos DB for MongoDB RU).
+//! - `embedded` (`embedded.rs`): each document carries its pending events and recent
+//!   idempotency keys, so a write is one single-document operation and no transaction
+//!   (sharded Cosmos DB for MongoDB RU collections, and the fastest writes).
 //!
 //! `OUTBOX_PLACEMENT` ([`crate::config::PlacementSetting`]) names one, or `auto`, which
 //! [`resolve`] settles by looking at the server (`probe.rs`). [`store_for`] is the one place a
@@ -15,6 +18,7 @@
 
 mod colocated;
 mod documents_only;
+mod embedded;
 mod probe;
 mod separate;
 mod transactional;
@@ -38,6 +42,7 @@ pub async fn resolve(db: &Db) -> Result<Placement, DbError> {
     match db.settings().placement {
         PlacementSetting::Separate => Ok(Placement::Separate),
         PlacementSetting::Colocated => Ok(Placement::Colocated),
+        PlacementSetting::Embedded => Ok(Placement::Embedded),
         PlacementSetting::Auto => probe::choose(db).await,
     }
 }
@@ -56,6 +61,7 @@ pub fn store_for(
     match placement {
         Placement::Separate => Arc::new(separate::Separate::new(database, settings)),
         Placement::Colocated => Arc::new(colocated::Colocated::new(database, settings)),
+        Placement::Embedded => Arc::new(embedded::Embedded::new(database, settings)),
     }
 }
 

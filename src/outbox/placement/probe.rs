@@ -98,7 +98,7 @@ fn interpret(outcome: mongodb::error::Result<()>) -> Result<Placement, DbError> 
     }
 }
 
-fn is_cosmos_ru_host(settings: &MongoSettings) -> bool {
+pub(super) fn is_cosmos_ru_host(settings: &MongoSettings) -> bool {
     let Ok(cs) = mongodb::options::ConnectionString::parse(settings.uri.expose_secret()) else {
         return false;
     };

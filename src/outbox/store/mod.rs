@@ -12,6 +12,8 @@
 //! | `operator.rs` | counts, [`DeadLetter`]s, requeue, skip |
 //! | `retention.rs` | bounded purges where the server has no TTL index |
 //! | `indexes.rs` | [`ensure_indexes`] and the [`Expiry`] it reports |
+//! | `relay_side.rs` | [`RelayStore`]: what the relay claims from; entries here, or `embedded.rs` |
+//! | `embedded.rs` | [`EmbeddedEvents`]: the `embedded` placement's events inside documents |
 //!
 //! An entry, as stored (`?`: only once set):
 //!
@@ -49,11 +51,13 @@
 mod backlog;
 mod claim;
 mod diagnose;
+pub mod embedded;
 mod entry;
 mod fields;
 mod indexes;
 mod operator;
 mod ordering;
+mod relay_side;
 mod replay;
 mod retention;
 mod throughput;
@@ -67,10 +71,12 @@ use mongodb::{ClientSession, Collection, Database};
 pub use backlog::BacklogCounts;
 pub use claim::{Claim, ClaimToken, Hold};
 pub use diagnose::{ClaimPlan, IndexInfo};
+pub use embedded::{EmbeddedEvents, embedded_field};
 pub use entry::new_entry;
 pub use fields::{CLAIM_INDEX, EXPIRY_PLAIN_INDEX, RETENTION_INDEX, ROOT, SUBJECT_INDEX, field};
 pub use indexes::{Expiry, ensure_indexes};
 pub use operator::DeadLetter;
+pub use relay_side::RelayStore;
 pub use replay::{ReplayCheckpoint, ReplayCheckpoints, ReplayWindow, stored_time, window_time};
 pub use watch::NewEntries;
 

@@ -7,7 +7,7 @@ use mongodb::bson::{Binary, Bson};
 use uuid::Uuid;
 
 /// Identifies one claim; every change under the claim is conditional on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClaimToken(Uuid);
 
 impl ClaimToken {

@@ -70,6 +70,11 @@ impl TestDb {
         );
         let mut map: HashMap<String, String> = HashMap::new();
         map.insert("MONGODB_URI".into(), uri.to_owned());
+        // The suites run in every placement: `OUTBOX_TEST_PLACEMENT` names the one a test
+        // gets unless it asks for one itself.
+        if let Some(placement) = test_placement() {
+            map.insert("OUTBOX_PLACEMENT".into(), placement);
+        }
         map.insert("MONGODB_DATABASE".into(), name.clone());
         for (k, v) in extra {
             map.insert((*k).into(), (*v).into());
@@ -78,6 +83,7 @@ impl TestDb {
         // A real replica set accepts transactions across collections: `auto` means separate.
         let placement = match settings.placement {
             PlacementSetting::Colocated => Placement::Colocated,
+            PlacementSetting::Embedded => Placement::Embedded,
             PlacementSetting::Separate | PlacementSetting::Auto => Placement::Separate,
         };
         let client = Client::with_uri_str(uri).await.expect("client");
@@ -106,29 +112,65 @@ impl TestDb {
         self.db().collection(&self.settings.collection)
     }
 
-    /// Where entries (and idempotency records) live under this test's placement.
+    /// Where entries (and idempotency records) live under this test's placement (for
+    /// `embedded`: its dead letters and requeued events; pending events are in documents).
     pub fn outbox(&self) -> Collection<Document> {
         match self.placement {
-            Placement::Separate => self.db().collection(&self.settings.outbox_collection),
+            Placement::Separate | Placement::Embedded => {
+                self.db().collection(&self.settings.outbox_collection)
+            }
             Placement::Colocated => self.documents(),
         }
     }
 
-    /// Business documents only (not entries or idempotency records beside them).
+    /// Business documents only (not entries or idempotency records beside them, nor
+    /// `embedded` tombstones).
     pub async fn count_documents(&self) -> u64 {
-        self.documents()
-            .count_documents(
-                doc! { "_outbox": { "$exists": false }, "_idempotency": { "$exists": false } },
-            )
-            .await
-            .unwrap()
+        let filter = match self.placement {
+            Placement::Embedded => doc! { "_meta.deleted": { "$ne": true } },
+            _ => doc! { "_outbox": { "$exists": false }, "_idempotency": { "$exists": false } },
+        };
+        self.documents().count_documents(filter).await.unwrap()
     }
 
+    /// Outbox entries; with `embedded`, the events pending in documents plus the entries of
+    /// the outbox collection (published events leave documents, so they are not counted).
     pub async fn count_entries(&self) -> u64 {
-        self.outbox()
+        let entries = self
+            .outbox()
             .count_documents(doc! { "_outbox": { "$exists": true } })
             .await
+            .unwrap();
+        entries + self.count_embedded_pending().await
+    }
+
+    /// Events pending inside documents (`embedded` placement; 0 otherwise).
+    pub async fn count_embedded_pending(&self) -> u64 {
+        self.embedded_pending().await.len() as u64
+    }
+
+    /// The pending elements of every document's `_outbox.events` (`embedded` placement).
+    pub async fn embedded_pending(&self) -> Vec<Document> {
+        use futures_util::TryStreamExt as _;
+        if self.placement != Placement::Embedded {
+            return Vec::new();
+        }
+        let docs: Vec<Document> = self
+            .documents()
+            .find(doc! { "_outbox.events": { "$exists": true } })
+            .await
             .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        docs.iter()
+            .flat_map(|d| {
+                d.get_document("_outbox")
+                    .and_then(|o| o.get_array("events"))
+                    .map(|a| a.iter().filter_map(|e| e.as_document().cloned()).collect())
+                    .unwrap_or_else(|_| Vec::new())
+            })
+            .collect()
     }
 
     /// The `data` of every entry's event, parsed.
@@ -142,12 +184,14 @@ impl TestDb {
             .try_collect()
             .await
             .unwrap();
-        entries
+        let events = entries
             .iter()
+            .filter_map(|e| e.get_document("_outbox").ok().cloned())
+            .chain(self.embedded_pending().await);
+        events
             .map(|e| {
                 let data = e
-                    .get_document("_outbox")
-                    .and_then(|o| o.get_document("event"))
+                    .get_document("event")
                     .and_then(|ev| ev.get_str("data"))
                     .expect("an entry's event data");
                 serde_json::from_str(data).expect("event data is JSON")
@@ -155,11 +199,19 @@ impl TestDb {
             .collect()
     }
 
+    /// Entries in `status`; with `embedded`, the events pending in documents count as
+    /// `pending`.
     pub async fn count_entries_with(&self, status: &str) -> u64 {
-        self.outbox()
+        let entries = self
+            .outbox()
             .count_documents(doc! { "_outbox.status": status })
             .await
-            .unwrap()
+            .unwrap();
+        if status == "pending" {
+            entries + self.count_embedded_pending().await
+        } else {
+            entries
+        }
     }
 
     /// The settings a handler needs to use this database.
@@ -180,6 +232,7 @@ impl TestDb {
                 match self.placement {
                     Placement::Separate => "separate".into(),
                     Placement::Colocated => "colocated".into(),
+                    Placement::Embedded => "embedded".into(),
                 },
             ),
         ]
@@ -235,6 +288,17 @@ impl Drop for TestDb {
         });
         let _ = cleaner.join();
     }
+}
+
+/// `OUTBOX_TEST_PLACEMENT`: the placement of every test that does not choose one (`make
+/// test` runs the ledger suites once more with `embedded`).
+pub fn test_placement() -> Option<String> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "test support reads its own variable"
+    )]
+    let placement = std::env::var("OUTBOX_TEST_PLACEMENT").ok();
+    placement.filter(|p| !p.is_empty())
 }
 
 fn app_name(database: &str) -> String {
@@ -317,6 +381,25 @@ fn is_orphaned(name: &str) -> bool {
     })
 }
 
+/// The ids of the events pending in an `embedded` document, oldest first.
+pub fn pending_event_ids(document: &Document) -> Vec<String> {
+    document
+        .get_document("_outbox")
+        .and_then(|o| o.get_array("events"))
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| match e.as_document()?.get("id")? {
+                    mongodb::bson::Bson::Binary(b) => {
+                        Some(uuid::Uuid::from_slice(&b.bytes).ok()?.to_string())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// An outbox entry's state document (`_outbox`), by event id.
 pub async fn entry_state(db: &TestDb, event_id: &str) -> Document {
     let uuid = uuid::Uuid::parse_str(event_id).unwrap();
@@ -324,11 +407,35 @@ pub async fn entry_state(db: &TestDb, event_id: &str) -> Document {
         subtype: mongodb::bson::spec::BinarySubtype::Uuid,
         bytes: uuid.as_bytes().to_vec(),
     };
-    let entry = db
+    if let Some(entry) = db
         .outbox()
-        .find_one(doc! { "_id": id })
+        .find_one(doc! { "_id": id.clone() })
+        .await
+        .unwrap()
+    {
+        return entry.get_document("_outbox").unwrap().clone();
+    }
+    // `embedded`: the event pending in its document, with the document's due time and lease.
+    let holder = db
+        .documents()
+        .find_one(doc! { "_outbox.events.id": id.clone() })
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("no outbox entry {event_id}"));
-    entry.get_document("_outbox").unwrap().clone()
+    let outbox = holder.get_document("_outbox").unwrap();
+    let mut state = outbox
+        .get_array("events")
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_document())
+        .find(|e| e.get("id") == Some(&mongodb::bson::Bson::Binary(id.clone())))
+        .unwrap()
+        .clone();
+    state.insert("status", "pending");
+    for field in ["due_at", "lease_token", "claims"] {
+        if let Some(v) = outbox.get(field) {
+            state.insert(field, v.clone());
+        }
+    }
+    state
 }
