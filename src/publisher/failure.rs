@@ -57,6 +57,26 @@ pub struct PublishFailure {
     pub request_id: Option<String>,
 }
 
+impl PublishFailure {
+    /// Why an event of `size` bytes (as it goes on the wire) can never be published, even in a
+    /// request of its own; `None` when it can. Dead-lettered without a request by every path.
+    #[must_use]
+    pub fn too_large(size: usize) -> Option<Self> {
+        let fits = size <= crate::domain::MAX_EVENT_BYTES
+            && super::batch::fits_alone(size, super::batch::MAX_REQUEST_BYTES);
+        (!fits).then(|| Self {
+            kind: FailureKind::TooLarge,
+            status: None,
+            code: None,
+            message: format!(
+                "the event is {size} bytes; Event Grid accepts at most {}",
+                crate::domain::MAX_EVENT_BYTES
+            ),
+            request_id: None,
+        })
+    }
+}
+
 impl std::fmt::Display for PublishFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.status {

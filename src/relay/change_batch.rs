@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::report::StopReason;
 use super::time::ends_by;
-use crate::domain::{MAX_EVENT_BYTES, OutboxEvent};
+use crate::domain::OutboxEvent;
 use crate::outbox::LastError;
 use crate::outbox::stream::ChangeStore;
 use crate::publisher::backoff::quick_retry_delay;
 use crate::publisher::batch::{self, MAX_REQUEST_BYTES, MAX_REQUEST_EVENTS};
-use crate::publisher::{FailureKind, Outcome, PublishFailure, Publisher};
+use crate::publisher::{Outcome, PublishFailure, Publisher};
 use crate::telemetry::chain;
 
 /// A batch of changes: each event with the raw change it announces.
@@ -67,17 +67,10 @@ impl ChangeBatch<'_> {
                 settled.stop = Some(StopReason::Shutdown);
                 break;
             }
-            if range.len() == 1 && too_large(sizes[range.start]) {
-                let size = sizes[range.start];
-                let error = LastError {
-                    kind: FailureKind::TooLarge,
-                    status: None,
-                    code: None,
-                    message: format!(
-                        "the event is {size} bytes; Event Grid accepts at most {MAX_EVENT_BYTES}"
-                    ),
-                    request_id: None,
-                };
+            let alone_too_large = (range.len() == 1)
+                .then(|| PublishFailure::too_large(sizes[range.start]))
+                .flatten();
+            if let Some(error) = alone_too_large {
                 if !self.dead_letter(range.start, &error, &mut settled).await {
                     break;
                 }
@@ -198,11 +191,6 @@ impl ChangeBatch<'_> {
             }
         }
     }
-}
-
-/// Can an event of `size` bytes never be sent, alone or not?
-fn too_large(size: usize) -> bool {
-    size > MAX_EVENT_BYTES || !batch::fits_alone(size, MAX_REQUEST_BYTES)
 }
 
 /// What became of one request.

@@ -13,7 +13,7 @@ use super::report::{BatchReport, StopReason};
 use super::time::{ends_by, next_attempt_at};
 use crate::config::RelaySettings;
 use crate::db::DbError;
-use crate::domain::{EventId, MAX_EVENT_BYTES};
+use crate::domain::EventId;
 use crate::metrics::Path;
 use crate::outbox::store::{ClaimToken, RelayStore};
 use crate::outbox::{ClaimedEntry, LastError};
@@ -67,17 +67,10 @@ impl InFlight {
                 self.release(range, &mut report).await;
                 continue;
             }
-            if range.len() == 1 && too_large(sizes[range.start]) {
-                let size = sizes[range.start];
-                let error = LastError {
-                    kind: FailureKind::TooLarge,
-                    status: None,
-                    code: None,
-                    message: format!(
-                        "the event is {size} bytes; Event Grid accepts at most {MAX_EVENT_BYTES}"
-                    ),
-                    request_id: None,
-                };
+            let alone_too_large = (range.len() == 1)
+                .then(|| PublishFailure::too_large(sizes[range.start]))
+                .flatten();
+            if let Some(error) = alone_too_large {
                 self.dead_letter(range, &error, false, &mut report).await;
                 continue;
             }
@@ -357,11 +350,6 @@ impl InFlight {
         }
         self.stop.cancel();
     }
-}
-
-/// Can an event of `size` bytes never be sent, alone or not?
-fn too_large(size: usize) -> bool {
-    size > MAX_EVENT_BYTES || !batch::fits_alone(size, MAX_REQUEST_BYTES)
 }
 
 /// What became of a request's events.
