@@ -29,7 +29,8 @@ const MAX_BACKOFF: Limit = Limit {
     said: "604800 seconds (a week)",
 };
 
-/// `OUTBOX_LINGER_MS`: a push waits at most this long for more events to share its request.
+/// `OUTBOX_LINGER_MS`: a push (or the change-stream reader, after a batch's first change) waits
+/// at most this long for more events to share its request.
 const MAX_LINGER: Limit = Limit {
     max: Duration::from_secs(1),
     said: "1000 milliseconds",

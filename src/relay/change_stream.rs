@@ -27,11 +27,9 @@ use crate::domain::{EventId, OutboxEvent};
 use crate::outbox::stream::{ChangeStore, Changes, Checkpoint, Lease, Read, StreamError};
 use crate::telemetry::chain;
 
-/// Longest wait of one read for new changes (the stream's `maxAwaitTime`): what a batch waits
-/// at most for more changes once they stop coming, and how often an idle reader looks.
+/// Longest wait of one read for new changes (the stream's `maxAwaitTime`): how often an idle
+/// reader looks, and how long a batch's first change may be waited for.
 const CHANGE_WAIT: Duration = Duration::from_millis(200);
-/// Longest a batch is gathered while changes keep coming, before it is published.
-const GATHER_AT_MOST: Duration = Duration::from_millis(500);
 
 impl Relay {
     /// Reads the change stream until `shutdown`, or for `budget` when one is given (a timer
@@ -229,20 +227,35 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Reads up to a batch of changes: stops when nothing more comes within a wait, when the
-    /// batch is full or has been gathered long enough, or when the stream ends.
+    /// Reads up to a batch of changes: the first change is waited for up to the stream's wait;
+    /// after it, what arrives within `OUTBOX_LINGER_MS` joins the batch (as on the push path),
+    /// until the batch is full or the stream ends.
+    ///
+    /// A read cut short by the linger leaves its `getMore` in flight inside the driver's cursor
+    /// (the cursor keeps the pending request, so dropping the read loses nothing): the next
+    /// batch's first read picks it up.
     async fn gather(&self, changes: &mut Changes) -> Result<Gathered, StreamError> {
-        let started = Instant::now();
         let limit = self.relay.settings.batch_size.get() as usize;
         let mut batch = Gathered::default();
+        let mut linger_end: Option<Instant> = None;
         let (database, collection) = (self.store.database(), self.store.collection());
-        while let Some(read) = self.store.next(changes, &self.checkpoint).await? {
+        loop {
+            let next = self.store.next(changes, &self.checkpoint);
+            let read = match linger_end {
+                None => next.await?,
+                Some(end) => match tokio::time::timeout_at(end.into(), next).await {
+                    Ok(read) => read?,
+                    Err(_lingered) => break,
+                },
+            };
+            let Some(read) = read else { break };
             match read {
                 Read::Change(change, raw) => {
                     batch
                         .events
                         .push(change.event(database, collection, &self.relay.event_types));
                     batch.raw.push(raw);
+                    linger_end.get_or_insert_with(|| Instant::now() + self.relay.settings.linger);
                 }
                 Read::Skip => {}
                 Read::End(why) => {
@@ -250,10 +263,7 @@ impl Reader<'_> {
                     break;
                 }
             }
-            if batch.events.len() >= limit
-                || started.elapsed() >= GATHER_AT_MOST
-                || self.shutdown.is_cancelled()
-            {
+            if batch.events.len() >= limit || self.shutdown.is_cancelled() {
                 break;
             }
         }
