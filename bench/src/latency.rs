@@ -27,7 +27,7 @@ use crate::scenarios::Ctx;
 use crate::writes::{document, percentile};
 
 /// Wall-clock milliseconds since the Unix epoch (what the receiver records).
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -366,7 +366,7 @@ async fn wait_for_all(
 }
 
 /// Each id's first acceptance time, from the ids in arrival order and the request records.
-fn first_acceptance(ids: &[String], requests: &Value) -> HashMap<String, u64> {
+pub(crate) fn first_acceptance(ids: &[String], requests: &Value) -> HashMap<String, u64> {
     let mut accepted: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
     for r in requests.as_array().into_iter().flatten() {
         let outcome = r["outcome"].as_str().unwrap_or_default();

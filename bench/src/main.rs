@@ -14,6 +14,10 @@
 //!   distinct ids and duplicates (from the receiver), the handler's peak RSS, and the CPU time of
 //!   each process (on a small machine the processes compete for the same cores).
 //!
+//! - **change-stream**: `OUTBOX_SOURCE=change-stream` for documents inserted with the driver:
+//!   events/s for 100,000 inserts, commit → accepted at 50/s and 1,000/s, the reader's own
+//!   `mongod` CPU per event, the handler's peak RSS (see `change_stream.rs`);
+//!
 //! Every measured phase also reports `cpu_seconds.other`: the machine's busy time not spent in
 //! these processes. On a shared machine a large value means other work competed for the cores
 //! and the figures of that phase are pessimistic. `--mongod-profile` adds MongoDB's own
@@ -24,6 +28,7 @@
 //! A missed target never fails the run; only something broken does (a write error, a lost
 //! event, a drain that does not finish), with exit code 1 after the figures are written.
 
+mod change_stream;
 mod drain;
 mod latency;
 mod procs;
@@ -101,6 +106,10 @@ struct Args {
     /// Seconds of open-loop writes per latency run.
     #[arg(long, default_value_t = 20)]
     latency_secs: u64,
+    /// Documents inserted straight into the collection in the change-stream scenario's
+    /// throughput run.
+    #[arg(long, default_value_t = 100_000)]
+    change_stream_inserts: usize,
     /// Backlog of the rss scenario.
     #[arg(long, default_value_t = 1_000_000)]
     rss_events: usize,
@@ -132,6 +141,9 @@ enum Scenario {
     /// The relay's own `mongod` CPU per delivered event: push path and sweeper, apart from the
     /// writes.
     RelayCost,
+    /// `OUTBOX_SOURCE=change-stream`: events/s for direct inserts, commit → accepted at 50/s
+    /// and 1,000/s, the reader's `mongod` CPU per event and the handler's RSS.
+    ChangeStream,
     /// Every scenario but `rss`.
     All,
 }
@@ -445,6 +457,33 @@ async fn run(
         ));
         figures["relay_cost"] = cost;
     }
+    if args.wants(Scenario::ChangeStream) {
+        let cs = change_stream::run(
+            &ctx,
+            args.change_stream_inserts,
+            args.latency_secs,
+            &mut failures,
+        )
+        .await?;
+        for rate in [50, 1000] {
+            if rate == 50 {
+                targets.push(target(
+                    "change-stream latency 50/s p50",
+                    "ms",
+                    &cs["latency_50"]["commit_to_accepted_ms"]["p50"],
+                    Goal::AtMost(20.0),
+                ));
+            }
+            targets.push(target(
+                &format!("change-stream latency {rate}/s p99"),
+                "ms",
+                &cs[format!("latency_{rate}")]["commit_to_accepted_ms"]["p99"],
+                Goal::AtMost(if rate == 50 { 100.0 } else { 250.0 }),
+            ));
+        }
+        figures["change_stream"] = cs;
+        figures["sources_side_by_side"] = sources_side_by_side(&figures);
+    }
     if args.wants(Scenario::Rss) {
         figures["rss"] = scenarios::rss(&ctx, args.rss_events, &mut failures).await?;
     }
@@ -454,6 +493,33 @@ async fn run(
         figures["failures"] = json!(failures);
     }
     Ok((figures, failures))
+}
+
+/// The outbox and change-stream sources' commit → accepted latency in this run, side by side
+/// (`null` where a scenario did not run).
+fn sources_side_by_side(figures: &Value) -> Value {
+    let pick = |v: &Value| {
+        json!({
+            "p50_ms": v["commit_to_accepted_ms"]["p50"],
+            "p99_ms": v["commit_to_accepted_ms"]["p99"],
+            "mongod_cpu_us_per_event": v.get("mongod_cpu_us_per_event").or_else(|| v.get("mongod_cpu_us_per_write")),
+        })
+    };
+    let mut out = serde_json::Map::new();
+    for rate in [50, 1000] {
+        out.insert(
+            format!("{rate}_per_sec"),
+            json!({
+                "outbox (HTTP writes, push path)": pick(&figures["latency"][format!("standalone_default_{rate}")]),
+                "change-stream (direct inserts)": pick(&figures["change_stream"][format!("latency_{rate}")]),
+            }),
+        );
+    }
+    out.insert(
+        "note".into(),
+        json!("outbox CPU is per write including the HTTP write's transaction; change-stream CPU is per direct insert plus the reader"),
+    );
+    Value::Object(out)
 }
 
 #[derive(Clone, Copy)]

@@ -85,10 +85,19 @@ async fn spawn_announcing(
 /// Starts the release `eventgrid-receiver` (`--port 0 --keep ids`) and returns it with its
 /// publish endpoint.
 pub(crate) async fn start_receiver(bins: &Path) -> anyhow::Result<(Proc, String)> {
+    start_receiver_keeping(bins, "ids").await
+}
+
+/// Starts the release `eventgrid-receiver` keeping `keep` (`all`, `ids` or `none`) and returns
+/// it with its publish endpoint.
+pub(crate) async fn start_receiver_keeping(
+    bins: &Path,
+    keep: &str,
+) -> anyhow::Result<(Proc, String)> {
     spawn_announcing(
         bins,
         "eventgrid-receiver",
-        &["--port", "0", "--keep", "ids"],
+        &["--port", "0", "--keep", keep],
         Stdio::null(),
     )
     .await
