@@ -185,9 +185,9 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
                 .await
                 .context("cannot read the outbox")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                emit(&format!("{}\n", serde_json::to_string_pretty(&status)?));
             } else {
-                print!("{}", ops::render_status(&status));
+                emit(&ops::render_status(&status));
             }
             Ok(())
         }
@@ -223,7 +223,7 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             let n = ops::requeue(settings, (!all_dead).then_some(ids.as_slice()))
                 .await
                 .context("cannot requeue")?;
-            println!("requeued {n} dead-lettered entries");
+            emit(&format!("requeued {n} dead-lettered entries\n"));
             Ok(())
         }
         Some(Command::Outbox {
@@ -235,8 +235,21 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
             let settings = MongoSettings::from_env(env)?;
             let ids: Vec<EventId> = ids.into_iter().map(EventId::from_uuid).collect();
             let n = ops::skip(settings, &ids).await.context("cannot skip")?;
-            println!("skipped {n} dead-lettered entries");
+            emit(&format!("skipped {n} dead-lettered entries\n"));
             Ok(())
+        }
+    }
+}
+
+/// Writes an operator command's output to stdout. A reader that went away (`handler outbox
+/// status | head`) is not an error: the rest of the output is simply not wanted (`println!`
+/// would panic on the broken pipe instead).
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::warn!(error = %e, "Cannot write the output");
         }
     }
 }
@@ -255,9 +268,9 @@ async fn doctor(env: &Env, json: bool) -> anyhow::Result<()> {
     };
     let report = ops::doctor::run(&settings, &app).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        print!("{}", report.render());
+        emit(&report.render());
     }
     anyhow::ensure!(
         report.ok,
@@ -293,10 +306,10 @@ async fn resync(env: &Env) -> anyhow::Result<()> {
     if terminal {
         eprintln!();
     }
-    println!(
-        "resynced {} documents ({} published, {} dead-lettered); the stream resumes from before the snapshot",
+    emit(&format!(
+        "resynced {} documents ({} published, {} dead-lettered); the stream resumes from before the snapshot\n",
         done.documents, done.published, done.dead_lettered
-    );
+    ));
     Ok(())
 }
 
@@ -309,7 +322,7 @@ async fn replay(env: &Env, request: &ops::replay::ReplayRequest) -> anyhow::Resu
     let summary = ops::replay::run(&settings, request, &interrupt, &bar).await;
     drop(bar);
     let summary = summary.context("replay stopped")?;
-    print!("{}", ops::replay::render_summary(&summary));
+    emit(&ops::replay::render_summary(&summary));
     anyhow::ensure!(!summary.interrupted, "replay interrupted");
     Ok(())
 }

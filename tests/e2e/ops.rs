@@ -108,3 +108,29 @@ async fn status_fails_clearly_without_a_database() {
     let (ok, text) = handler(&["outbox", "status"], &[]).await;
     assert!(!ok && text.contains("MONGODB_URI"), "{text}");
 }
+
+/// `handler outbox status | head`: the reader goes away before the output is written. The
+/// command ends as it would have, with no panic about the broken pipe.
+#[tokio::test]
+async fn status_into_a_pipe_whose_reader_is_gone_exits_cleanly() {
+    let db = TestDb::new().await;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["outbox", "status"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(db.app_settings())
+        .current_dir(app_root())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{:?}\n{stderr}",
+        out.status
+    );
+}
