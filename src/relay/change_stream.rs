@@ -243,7 +243,7 @@ impl Reader<'_> {
             let next = self.store.next(changes, &self.checkpoint);
             let read = match linger_end {
                 None => next.await?,
-                Some(end) => match tokio::time::timeout_at(end.into(), next).await {
+                Some(end) => match tokio::time::timeout_at(end, next).await {
                     Ok(read) => read?,
                     Err(_lingered) => break,
                 },
