@@ -247,10 +247,10 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
 fn emit(text: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            tracing::warn!(error = %e, "Cannot write the output");
-        }
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        tracing::warn!(error = %e, "Cannot write the output");
     }
 }
 
