@@ -112,6 +112,9 @@ pub struct ProxyConfig {
     /// How many finished transactions [`ProxyHandle::transactions`](crate::ProxyHandle::transactions)
     /// keeps (oldest dropped first).
     pub txn_log_capacity: usize,
+    /// The largest document an insert or a whole-document replacement may carry (Cosmos DB
+    /// RU: 2 MB); `None` accepts any size `mongod` accepts.
+    pub max_document_bytes: Option<usize>,
 }
 
 impl Default for ProxyConfig {
@@ -131,6 +134,7 @@ impl Default for ProxyConfig {
             advertised_host: None,
             seed: None,
             txn_log_capacity: 10_000,
+            max_document_bytes: Some(crate::sharding::RU_MAX_DOCUMENT_BYTES),
         }
     }
 }
