@@ -202,3 +202,55 @@ async fn an_unreachable_database_is_named_and_its_password_never_printed() {
     run.assert_no(password);
     run.assert_no(receiver::KEY);
 }
+
+#[tokio::test]
+async fn a_sharded_cosmos_collection_is_reported_and_fails_colocated_with_the_fix() {
+    let db = TestDb::sharded(&[("OUTBOX_PLACEMENT", "embedded")], "tenant").await;
+    let rx = receiver::start().await;
+    let env = app_settings(&db, &rx, &[]);
+
+    let colocated = doctor(&with(env.clone(), &[("OUTBOX_PLACEMENT", "colocated")])).await;
+    let embedded = doctor(&env).await;
+    let keyless = doctor(
+        &env.iter()
+            .filter(|(k, _)| k != "MONGODB_SHARD_KEY")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    assert_fails_with_fix(
+        &colocated,
+        "database.placement",
+        "sharded on Cosmos DB for MongoDB RU (shard key tenant)",
+        "OUTBOX_PLACEMENT=embedded",
+    );
+    let detail = colocated.check("database.placement")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("the server allows embedded"), "{detail}");
+    let passed = embedded.check("database.placement");
+    assert_eq!(passed["verdict"], "pass", "{}", embedded.report);
+    let detail = passed["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("OUTBOX_PLACEMENT=embedded (the server allows embedded)"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("sharded on Cosmos DB for MongoDB RU (shard key tenant)"),
+        "{detail}"
+    );
+    assert_fails_with_fix(
+        &keyless,
+        "database.placement",
+        "MONGODB_SHARD_KEY is unset",
+        "MONGODB_SHARD_KEY=tenant",
+    );
+    assert_eq!(
+        db.proxy().stats().transactions_seen,
+        0,
+        "the doctor never tried a transaction on it"
+    );
+    db.drop().await;
+}
