@@ -176,3 +176,57 @@ async fn auto_on_a_sharded_collection_chooses_embedded_and_keeps_rus_rules() {
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_document_over_the_collections_limit_gets_413_before_anything_is_written() {
+    // The handler takes the limit from RU's GetCollection (`maxContentLength`, 2 MB here):
+    // without it the write would reach the server and come back as error 16 (a 500). Each
+    // write stays under Event Grid's 1 MiB per event; the document with two pending events
+    // does not fit.
+    let db = TestDb::sharded(&[("OUTBOX_PLACEMENT", "embedded")], KEY).await;
+    let rx = receiver::start().await;
+    let handler = Handler::functions(&app_settings(&db, &rx, &[])).await;
+    let pad = "x".repeat(700_000);
+
+    let first = handler
+        .write(&ClientRequest::post_json(format!(
+            r#"{{"_id":"big-1","tenant":"t1","pad":"{pad}"}}"#
+        )))
+        .await;
+    let second = handler
+        .write(&ClientRequest::put_json(
+            "big-1",
+            format!(r#"{{"tenant":"t1","pad":"{pad}y"}}"#),
+        ))
+        .await;
+
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert_eq!(
+        second.status,
+        413,
+        "{:?}\n{}",
+        second.body,
+        handler.output()
+    );
+    let stored = db
+        .documents()
+        .find_one(doc! { "_id": "big-1" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored
+            .get_document("_meta")
+            .unwrap()
+            .get_i64("version")
+            .unwrap(),
+        1,
+        "the refused write changed nothing"
+    );
+    assert_eq!(
+        db.proxy().stats().oversized_documents,
+        0,
+        "refused before the server saw it"
+    );
+    db.drop().await;
+}

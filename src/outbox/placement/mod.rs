@@ -36,16 +36,19 @@ use crate::config::{EventSource, MongoSettings, PlacementSetting};
 use crate::db::{Db, DbError};
 
 /// Decides the placement: as configured, or for `auto` by probing the server (see
-/// `probe.rs`), after asking how the documents' collection is sharded (`sharding.rs`).
+/// `probe.rs`), after asking how the documents' collection is sharded (`sharding.rs`). Also
+/// returns the settings as the server completes them: the largest document it stores, where it
+/// says (RU's `GetCollection`) and `OUTBOX_EMBEDDED_MAX_DOCUMENT_BYTES` is unset.
 ///
 /// # Errors
 /// [`DbError::Misconfigured`] when the placement cannot work on the collection as it is (a
 /// sharded Cosmos DB RU collection and `colocated` / `separate`, or a wrong or missing
 /// `MONGODB_SHARD_KEY`), naming the settings to change; other errors when the database cannot
 /// be reached, or the probe failed transiently (a later call tries again).
-pub async fn resolve(db: &Db) -> Result<Placement, DbError> {
+pub async fn resolve(db: &Db) -> Result<(Placement, MongoSettings), DbError> {
     let settings = db.settings();
-    let sharding = sharding::detect(&db.database().await?, &settings.collection).await?;
+    let collection = sharding::detect(&db.database().await?, &settings.collection).await?;
+    let sharding = collection.sharding;
     let placement = match settings.placement {
         PlacementSetting::Separate => Placement::Separate,
         PlacementSetting::Colocated => Placement::Colocated,
@@ -55,10 +58,14 @@ pub async fn resolve(db: &Db) -> Result<Placement, DbError> {
     if let Some(description) = sharding.describe(settings) {
         tracing::info!(placement = placement.as_str(), "{description}");
     }
-    match sharding.refusal(placement, settings) {
-        Some(refusal) => Err(DbError::Misconfigured(refusal.to_string())),
-        None => Ok(placement),
+    if let Some(refusal) = sharding.refusal(placement, settings) {
+        return Err(DbError::Misconfigured(refusal.to_string()));
     }
+    let mut completed = settings.clone();
+    if completed.embedded.max_document_bytes.is_none() {
+        completed.embedded.max_document_bytes = collection.max_document_bytes;
+    }
+    Ok((placement, completed))
 }
 
 /// The storage for `placement` in `database`: the one place a placement is chosen. With
@@ -124,7 +131,9 @@ impl PlacementReport {
 /// When the database cannot be reached, or the probe failed transiently.
 pub async fn report(db: &Db) -> Result<PlacementReport, DbError> {
     let settings = db.settings();
-    let sharding = sharding::detect(&db.database().await?, &settings.collection).await?;
+    let sharding = sharding::detect(&db.database().await?, &settings.collection)
+        .await?
+        .sharding;
     let allowed = probe::choose(db, &sharding).await?;
     let configured = match settings.placement {
         PlacementSetting::Separate => Placement::Separate,

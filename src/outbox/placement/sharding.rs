@@ -28,6 +28,15 @@ use crate::db::{DbError, classify, error_code};
 /// MongoDB's code for a missing collection (RU's `GetCollection` of one not created yet).
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
+/// What the server says about the documents' collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Collection {
+    /// How it is sharded.
+    pub(super) sharding: Sharding,
+    /// The largest document it stores, where the server says (RU's `maxContentLength`).
+    pub(super) max_document_bytes: Option<usize>,
+}
+
 /// How the documents' collection is sharded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sharding {
@@ -64,13 +73,19 @@ impl std::fmt::Display for Refusal {
 ///
 /// # Errors
 /// When the database cannot be reached or is busy (a later call tries again).
-pub(super) async fn detect(database: &Database, collection: &str) -> Result<Sharding, DbError> {
+pub(super) async fn detect(database: &Database, collection: &str) -> Result<Collection, DbError> {
     let asked = database
         .run_command(doc! { "customAction": "GetCollection", "collection": collection })
         .await;
+    let unknown_size = |sharding| Collection {
+        sharding,
+        max_document_bytes: None,
+    };
     match asked {
         Ok(answer) => return Ok(from_get_collection(&answer)),
-        Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(Sharding::Unsharded),
+        Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => {
+            return Ok(unknown_size(Sharding::Unsharded));
+        }
         Err(e) => {
             let e = classify(e);
             if e.is_retryable() {
@@ -86,11 +101,11 @@ pub(super) async fn detect(database: &Database, collection: &str) -> Result<Shar
                 return Err(e);
             }
             tracing::debug!(error = %crate::telemetry::chain(&e), "The server says nothing about sharding; taking the collection as unsharded");
-            return Ok(Sharding::Unsharded);
+            return Ok(unknown_size(Sharding::Unsharded));
         }
     };
     if stats.get_bool("sharded") != Ok(true) {
-        return Ok(Sharding::Unsharded);
+        return Ok(unknown_size(Sharding::Unsharded));
     }
     let namespace = format!("{}.{collection}", database.name());
     let key = database
@@ -102,16 +117,23 @@ pub(super) async fn detect(database: &Database, collection: &str) -> Result<Shar
         .ok()
         .flatten()
         .and_then(|c| first_field(c.get_document("key").ok()?));
-    Ok(Sharding::MongoDb { key })
+    Ok(unknown_size(Sharding::MongoDb { key }))
 }
 
 /// What RU's `GetCollection` answer says.
-fn from_get_collection(answer: &Document) -> Sharding {
-    answer
-        .get_document("shardKeyDefinition")
+fn from_get_collection(answer: &Document) -> Collection {
+    let max = answer
+        .get_i64("maxContentLength")
         .ok()
-        .and_then(first_field)
-        .map_or(Sharding::Unsharded, |key| Sharding::CosmosRu { key })
+        .or_else(|| answer.get_i32("maxContentLength").ok().map(i64::from));
+    Collection {
+        sharding: answer
+            .get_document("shardKeyDefinition")
+            .ok()
+            .and_then(first_field)
+            .map_or(Sharding::Unsharded, |key| Sharding::CosmosRu { key }),
+        max_document_bytes: max.and_then(|m| usize::try_from(m).ok()).filter(|m| *m > 0),
+    }
 }
 
 fn first_field(d: &Document) -> Option<String> {
@@ -225,9 +247,21 @@ mod tests {
             "database": "d", "collection": "c", "shardKeyDefinition": { "tenant": "hashed" },
             "provisionedThroughput": 400, "maxContentLength": 2_097_152, "ok": 1.0,
         };
-        assert_eq!(from_get_collection(&sharded), ru("tenant"));
+        assert_eq!(
+            from_get_collection(&sharded),
+            Collection {
+                sharding: ru("tenant"),
+                max_document_bytes: Some(2_097_152)
+            }
+        );
         let plain = doc! { "database": "d", "collection": "c", "ok": 1.0 };
-        assert_eq!(from_get_collection(&plain), Sharding::Unsharded);
+        assert_eq!(
+            from_get_collection(&plain),
+            Collection {
+                sharding: Sharding::Unsharded,
+                max_document_bytes: None
+            }
+        );
     }
 
     #[test]
