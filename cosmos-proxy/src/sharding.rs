@@ -11,7 +11,7 @@
 //!   sharded, `provisionedThroughput`, `maxContentLength`), after asking `mongod` whether the
 //!   collection exists (`listCollections`); a missing one gets 26 `NamespaceNotFound`.
 //! - **Rules on a sharded collection**: a multi-document transaction that touches it is refused
-//!   with 50841 and aborted upstream ([`crate::state`] applies it); an `insert` of a document
+//!   with 50841 and aborted upstream (the transaction table applies it); an `insert` of a document
 //!   without the shard key, and an `update`, `delete` or `findAndModify` whose filter does not
 //!   name the shard key (by value, `$eq` or `$in`, at the top level or in a top-level `$and`),
 //!   are refused with 61 `ShardKeyNotFound`, without being forwarded.
