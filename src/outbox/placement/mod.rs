@@ -10,7 +10,10 @@
 //!   (sharded Cosmos DB for MongoDB RU collections, and the fastest writes).
 //!
 //! `OUTBOX_PLACEMENT` ([`crate::config::PlacementSetting`]) names one, or `auto`, which
-//! [`resolve`] settles by looking at the server (`probe.rs`). [`store_for`] is the one place a
+//! [`resolve`] settles by looking at the server (`probe.rs`). First it asks how the documents'
+//! collection is sharded (`sharding.rs`): a sharded Cosmos DB RU collection takes `embedded`
+//! only, with its shard key in `MONGODB_SHARD_KEY`, and anything else is refused before the
+//! first write. [`report`] gives `handler outbox doctor` the same verdict. [`store_for`] is the one place a
 //! placement is turned into its [`PlacementStore`]; nothing else branches on it.
 //!
 //! Adding a placement: a new module with a type implementing [`PlacementStore`], a variant
@@ -49,11 +52,9 @@ pub async fn resolve(db: &Db) -> Result<(Placement, MongoSettings), DbError> {
     let settings = db.settings();
     let collection = sharding::detect(&db.database().await?, &settings.collection).await?;
     let sharding = collection.sharding;
-    let placement = match settings.placement {
-        PlacementSetting::Separate => Placement::Separate,
-        PlacementSetting::Colocated => Placement::Colocated,
-        PlacementSetting::Embedded => Placement::Embedded,
-        PlacementSetting::Auto => probe::choose(db, &sharding).await?,
+    let placement = match named(settings.placement) {
+        Some(placement) => placement,
+        None => probe::choose(db, &sharding).await?,
     };
     if let Some(description) = sharding.describe(settings) {
         tracing::info!(placement = placement.as_str(), "{description}");
@@ -66,6 +67,16 @@ pub async fn resolve(db: &Db) -> Result<(Placement, MongoSettings), DbError> {
         completed.embedded.max_document_bytes = collection.max_document_bytes;
     }
     Ok((placement, completed))
+}
+
+/// The placement a setting names; `None` for `auto`.
+const fn named(setting: PlacementSetting) -> Option<Placement> {
+    match setting {
+        PlacementSetting::Separate => Some(Placement::Separate),
+        PlacementSetting::Colocated => Some(Placement::Colocated),
+        PlacementSetting::Embedded => Some(Placement::Embedded),
+        PlacementSetting::Auto => None,
+    }
 }
 
 /// The storage for `placement` in `database`: the one place a placement is chosen. With
@@ -135,12 +146,7 @@ pub async fn report(db: &Db) -> Result<PlacementReport, DbError> {
         .await?
         .sharding;
     let allowed = probe::choose(db, &sharding).await?;
-    let configured = match settings.placement {
-        PlacementSetting::Separate => Placement::Separate,
-        PlacementSetting::Colocated => Placement::Colocated,
-        PlacementSetting::Embedded => Placement::Embedded,
-        PlacementSetting::Auto => allowed,
-    };
+    let configured = named(settings.placement).unwrap_or(allowed);
     let refusal = sharding
         .refusal(configured, settings)
         .or_else(|| beyond(configured, allowed));
