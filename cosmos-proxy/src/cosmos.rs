@@ -71,6 +71,26 @@ const COLLECTION_VALUED: &[&str] = &[
 /// Commands answered in the `writeErrors` shape when a transaction error hits them.
 const WRITE_ERROR_SHAPED: &[&str] = &["insert", "update", "delete"];
 
+/// Which rule refused a command (for the counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// 61: no shard key where one is needed.
+    ShardKey,
+    /// 16: a document over the limit.
+    Size,
+}
+
+/// What the sharding and size rules found in one command, judged before the transaction rules
+/// run (they decide what a refusal inside a transaction does). Filled in by
+/// [`crate::sharding`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Verdict {
+    /// The command is a data command on a sharded collection: a transaction may not run it.
+    pub(crate) sharded: bool,
+    /// Refuse the command: which rule, with which error.
+    pub(crate) refusal: Option<(Rule, CosmosError)>,
+}
+
 /// The transaction fields of a command sent with `autocommit: false`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TxnRef {
@@ -98,7 +118,7 @@ pub(crate) struct CommandInfo {
     pub(crate) ttl_on_custom_field: bool,
     /// What the sharding and size rules found ([`crate::sharding`]); set by the connection
     /// before the command is decided.
-    pub(crate) verdict: crate::sharding::Verdict,
+    pub(crate) verdict: Verdict,
 }
 
 impl CommandInfo {
@@ -134,7 +154,7 @@ impl CommandInfo {
         Self {
             txn: txn_ref(body),
             ttl_on_custom_field: name == "createIndexes" && asks_ttl_on_custom_field(body),
-            verdict: crate::sharding::Verdict::default(),
+            verdict: Verdict::default(),
             name,
             namespaces,
         }

@@ -28,11 +28,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bson::{Bson, Document, RawBsonRef, RawDocument, doc};
 
-use crate::cosmos::{CommandInfo, CosmosError};
+use crate::cosmos::{CommandInfo, CosmosError, Rule, Verdict};
 use crate::wire::first_key;
 
-/// Cosmos DB for MongoDB RU's document limit (without the 16 MB capability).
-pub const RU_MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
+pub use crate::config::RU_MAX_DOCUMENT_BYTES;
 /// MongoDB's document limit, answered as `maxContentLength` when the size rule is off.
 const MONGODB_MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Cosmos DB's code for a missing shard key.
@@ -93,25 +92,6 @@ impl CosmosError {
             as_write_error: false,
         }
     }
-}
-
-/// Which rule refused a command (for the counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rule {
-    /// 61: no shard key where one is needed.
-    ShardKey,
-    /// 16: a document over the limit.
-    Size,
-}
-
-/// What the sharding and size rules found in one command, judged before the transaction rules
-/// run (they decide what a refusal inside a transaction does).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Verdict {
-    /// The command is a data command on a sharded collection: a transaction may not run it.
-    pub(crate) sharded: bool,
-    /// Refuse the command: which rule, with which error.
-    pub(crate) refusal: Option<(Rule, CosmosError)>,
 }
 
 /// The shard keys of sharded namespaces, and the document size limit. Its own lock, taken

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bson::Document;
 
 use crate::config::{Match, ProxyConfig};
-use crate::cosmos::{CommandInfo, CosmosError, TxnRef};
-use crate::sharding::{Rule, Shards};
+use crate::cosmos::{CommandInfo, CosmosError, Rule, TxnRef};
+use crate::sharding::Shards;
 use crate::stats::{ProxyStats, TxnOutcome, TxnRecord};
 
 /// How long a transaction's entry outlives its last command (so that a late command of an
