@@ -254,3 +254,39 @@ async fn a_sharded_cosmos_collection_is_reported_and_fails_colocated_with_the_fi
     );
     db.drop().await;
 }
+
+#[tokio::test]
+async fn separate_behind_cosmos_ru_rules_fails_the_placement_check_naming_colocated() {
+    let proxy = cosmos_ru_proxy::start(
+        cosmos_ru_proxy::ProxyConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+        crate::support::mongo::upstream(&crate::support::mongo::uri()),
+    )
+    .await
+    .unwrap();
+    let db = TestDb::with(&[("OUTBOX_PLACEMENT", "separate")]).await;
+    let rx = receiver::start().await;
+    let env = with(
+        app_settings(&db, &rx, &[]),
+        &[("MONGODB_URI", &proxy.uri("rs0"))],
+    );
+
+    let run = doctor(&env).await;
+
+    assert_fails_with_fix(
+        &run,
+        "database.placement",
+        "refuses a transaction across two collections",
+        "OUTBOX_PLACEMENT=colocated",
+    );
+    assert!(
+        run.check("database.placement")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the server allows colocated"),
+        "{}",
+        run.report
+    );
+    db.drop().await;
+    proxy.shutdown().await;
+}
