@@ -35,4 +35,10 @@ OUTBOX_TEST_PLACEMENT=embedded cargo test --locked --test e2e -- lifecycle:: rea
   --skip relay::a_quick_retry_inside_the_run_recovers_from_one_failure \
   --skip relay::an_outage_leaves_entries_pending_with_retry_state_then_all_are_published \
   --skip relay::misconfiguration_halts_the_run_without_spending_attempts
+# Part of the chaos suite once more, in embedded placement through cosmos-ru-proxy on a
+# collection sharded on `tenant` (test support reads OUTBOX_TEST_COSMOS_SHARD_KEY): RU's rules
+# for sharded collections — no transaction, the shard key in every filter — hold under faults.
+echo "==> part of the chaos suite through cosmos-ru-proxy on a sharded collection"
+OUTBOX_TEST_PLACEMENT=embedded OUTBOX_TEST_COSMOS_SHARD_KEY=tenant cargo test --locked --test chaos -- \
+  crashes::relays_killed topic::answers_lost topic::poison concurrency::four_relays
 cargo test --locked --workspace --doc

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventSchema, PlacementSetting, Settings};
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::documents::DocumentService;
 use crate::functions::binding::HttpFunction;
 use crate::functions::{self, OutboxTimer, WriteDocumentHttp};
@@ -254,14 +254,25 @@ impl App {
             "Listening"
         );
         // Prepare the database in the background so the first request finds it ready; a
-        // failure here is retried on first use.
-        let prepare: JoinHandle<()> = tokio::spawn(async move {
+        // failure here is retried on first use, unless the database cannot serve the
+        // configuration at all (a placement the collection does not allow): then the process
+        // stops, naming the fix, as a bad setting would.
+        let stop_on_refusal = shutdown.clone();
+        let prepare: JoinHandle<Option<String>> = tokio::spawn(async move {
             match storage.ready().await {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    error = %chain(&e),
-                    "The database is not reachable yet; it will be tried again on first use"
-                ),
+                Ok(_) => None,
+                Err(DbError::Misconfigured(reason)) => {
+                    tracing::error!("The database cannot serve this configuration: {reason}");
+                    stop_on_refusal.cancel();
+                    Some(reason)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %chain(&e),
+                        "The database is not reachable yet; it will be tried again on first use"
+                    );
+                    None
+                }
             }
         });
         let tasks: Vec<_> = background
@@ -281,8 +292,13 @@ impl App {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         let served = serve_until_stopped(serving, &shutdown, &open, tasks).await;
-        prepare.abort();
-        let _ = prepare.await;
+        let refused = if prepare.is_finished() {
+            prepare.await.ok().flatten()
+        } else {
+            prepare.abort();
+            let _ = prepare.await;
+            None
+        };
         // The push exporters send what they have not yet: blocking, so off the workers, and
         // bounded, since an unreachable endpoint would hold the stop for its retries.
         let flush = tokio::task::spawn_blocking(move || exporters.shutdown());
@@ -290,6 +306,9 @@ impl App {
             tracing::warn!("The last metrics could not be sent in time; stopping without them");
         }
         tracing::info!("Stopped");
+        if let Some(reason) = refused {
+            anyhow::bail!("the database cannot serve this configuration: {reason}");
+        }
         served.context("serving HTTP failed")
     }
 }

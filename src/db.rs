@@ -52,6 +52,11 @@ pub enum DbError {
     /// Anything else: a bug or a setup problem.
     #[error("database error")]
     Other(#[source] mongodb::error::Error),
+    /// The database cannot serve the configuration as it is (a placement the collection does
+    /// not allow, a wrong shard key); the message names what to change. Never retryable: it
+    /// stops start-up.
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 impl DbError {
@@ -141,7 +146,7 @@ fn classify_quietly(e: mongodb::error::Error) -> DbError {
             std::error::Error::source(&e).and_then(|s| s.downcast_ref::<mongodb::error::Error>())
     {
         return match classify_quietly(source.clone()) {
-            DbError::Other(_) => DbError::Other(e),
+            DbError::Other(_) | DbError::Misconfigured(_) => DbError::Other(e),
             DbError::Conflict(_) => DbError::Conflict(e),
             DbError::Transient(_) => DbError::Transient(e),
             DbError::Unavailable(_) | DbError::Resolve(_) => DbError::Unavailable(e),

@@ -317,7 +317,7 @@ fn db_error(e: DbError, id: &DocumentId) -> WriteError {
             }
             unavailable(Some(e))
         }
-        DbError::Other(_) => WriteError::Internal(e),
+        DbError::Other(_) | DbError::Misconfigured(_) => WriteError::Internal(e),
     }
 }
 

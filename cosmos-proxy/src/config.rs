@@ -5,6 +5,8 @@ use std::time::Duration;
 
 /// Cosmos DB's fixed transaction limit.
 pub const DEFAULT_TXN_LIMIT: Duration = Duration::from_secs(5);
+/// Cosmos DB for MongoDB RU's document limit (without the 16 MB capability).
+pub const RU_MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
 /// `RetryAfterMs` sent with 16500 unless configured otherwise.
 pub const DEFAULT_RETRY_AFTER_MS: u64 = 12;
 
@@ -112,6 +114,9 @@ pub struct ProxyConfig {
     /// How many finished transactions [`ProxyHandle::transactions`](crate::ProxyHandle::transactions)
     /// keeps (oldest dropped first).
     pub txn_log_capacity: usize,
+    /// The largest document an insert or a whole-document replacement may carry (Cosmos DB
+    /// RU: 2 MB); `None` accepts any size `mongod` accepts.
+    pub max_document_bytes: Option<usize>,
 }
 
 impl Default for ProxyConfig {
@@ -131,6 +136,7 @@ impl Default for ProxyConfig {
             advertised_host: None,
             seed: None,
             txn_log_capacity: 10_000,
+            max_document_bytes: Some(RU_MAX_DOCUMENT_BYTES),
         }
     }
 }

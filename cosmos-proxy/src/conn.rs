@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::cosmos::{CommandInfo, abort_command, reply_is_ok};
+use crate::sharding::Translate;
 use crate::state::{Decision, Shared, TxnKey};
 use crate::wire::{
     self, MORE_TO_COME, Message, OP_COMPRESSED, OP_MSG, OP_QUERY, OP_REPLY, WireError,
@@ -46,6 +47,8 @@ enum ReplyAction {
     RewriteHello,
     /// The reply to a command the proxy injected: hand it over, never to the client.
     Swallow(oneshot::Sender<Message>),
+    /// The reply to a command sent in place of a custom one: answer as Cosmos DB would.
+    Translate(crate::sharding::Translate),
     /// Possibly replace the reply; possibly record a commit's outcome.
     Intercept {
         replace: Option<(crate::cosmos::CosmosError, Duration, String)>,
@@ -155,7 +158,7 @@ impl Conn {
         msg: Message,
         upstream: &mut OwnedWriteHalf,
     ) -> Result<(), ConnError> {
-        let (flags, info) = match wire::parse_op_msg(&msg.bytes) {
+        let (flags, info, translate) = match wire::parse_op_msg(&msg.bytes) {
             Ok(op) => {
                 let sequences = op.document_sequences;
                 self.shared.with_stats(|s| {
@@ -164,7 +167,14 @@ impl Conn {
                         s.wire.op_msg_with_document_sequences += 1;
                     }
                 });
-                (op.flags, CommandInfo::inspect(op.body))
+                let mut info = CommandInfo::inspect(op.body);
+                info.verdict = self.shared.shards.judge(
+                    &info,
+                    op.body,
+                    || wire::document_sequences(&msg.bytes).unwrap_or_default(),
+                    || self.shared.activity_id(),
+                );
+                (op.flags, info, Translate::of(op.body))
             }
             Err(error) => {
                 tracing::debug!(%error, "Unparsable OP_MSG passed through");
@@ -180,6 +190,18 @@ impl Conn {
                     .insert(msg.header.request_id, ReplyAction::RewriteHello);
             }
             return Ok(self.forward(&msg, upstream).await?);
+        }
+        if let Some((command, translate)) = translate {
+            // A custom command `mongod` does not know: send what it stands for, under the
+            // client's request id, and answer from its reply.
+            if expects_reply {
+                self.pending()
+                    .insert(msg.header.request_id, ReplyAction::Translate(translate));
+            }
+            let bytes = wire::build_op_msg(msg.header.request_id, 0, flags, &command)?;
+            upstream.write_all(&bytes).await?;
+            self.shared.with_stats(|s| s.commands_forwarded += 1);
+            return Ok(());
         }
         match self.shared.decide(&info) {
             Decision::Forward { replace, commit_of } => {
@@ -248,6 +270,23 @@ impl Conn {
                 None => self.to_client(&msg.bytes).await?,
                 Some(ReplyAction::Swallow(tx)) => {
                     let _ = tx.send(msg);
+                }
+                Some(ReplyAction::Translate(translate)) => {
+                    let answer = match wire::parse_op_msg(&msg.bytes) {
+                        Ok(op) => translate.reply(op.body, &self.shared.shards),
+                        Err(error) => {
+                            tracing::debug!(%error, "Unparsable reply to a translated command");
+                            self.to_client(&msg.bytes).await?;
+                            continue;
+                        }
+                    };
+                    let reply = wire::build_op_msg(
+                        msg.header.request_id,
+                        msg.header.response_to,
+                        0,
+                        &answer,
+                    )?;
+                    self.to_client(&reply).await?;
                 }
                 Some(ReplyAction::RewriteHello) => {
                     if msg.op_msg_flags().is_some_and(|f| f & MORE_TO_COME != 0) {

@@ -9,6 +9,11 @@
 //! | server-side retry gave up | 50 `ExceededTimeLimit` | Microsoft Learn, "Prevent rate-limiting errors" (60 s, code 50) and the troubleshooting table ("Retrying a write operation that has received this error may result in a duplicate write"); the errmsg `Request timed out. Retries due to rate limiting: True.` is from a user's report on Microsoft Q&A |
 //! | transaction past 5 s | 2, "Transaction isn't active" | Microsoft Learn troubleshooting table (code 2; that page words it "isn't"). Errors users posted from real accounts say `Error=2, Details='Response status code does not indicate success: BadRequest (400); Substatus: 1101; …Reason: (Message: {"Errors":["Transaction is not active"]}…'`, arriving as a *write error* (`writeErrors[0].code == 2`) on insert/delete. The codeName (`BadValue`, MongoDB's name for 2) is a guess; so is the absence of a `TransientTransactionError` label (not documented either way) |
 //! | TTL index on a field other than `_ts` | 67 `CannotCreateIndex` | Microsoft Learn, "Expire data with Azure Cosmos DB for MongoDB": a TTL index is an index on `_ts` with `expireAfterSeconds`. The code and wording of the refusal are **guessed**; code that copes with it must not depend on them |
+//! | transaction on a sharded collection | 50841, "Multi-document transactions cannot be run in a sharded collection" | An error a Prisma user posted from a real RU 4.0 account (prisma/prisma#9566); Microsoft's feature-support pages say only that transactions are supported "within a single nonsharded collection". The codeName (`Location50841`, MongoDB's form for a numbered assertion) is **inferred**; so is that it comes on the transaction's first command touching the collection |
+//! | no shard key in an insert's document | 61 `ShardKeyNotFound`, "document does not contain shard key" | Microsoft Learn troubleshooting table (61 ShardKeyNotFound: "The document in your request didn't contain the collection's shard key"); the errmsg is from an error users posted (microsoft/vscode-cosmosdb#1341, #393). Answered as a command error (**inferred**) |
+//! | no shard key in an update / delete / findAndModify filter | 61, "query in command must target a single shard key" | The full reply a user posted (`{"ok": 0, "code": 61, "errmsg": "query in command must target a single shard key"}`, hpgrahsl/kafka-connect-mongodb#87; also microsoft/vscode-cosmosdb#1118 for a delete). That `$in` over several values counts as naming the key, and that multi-document updates need it too, are **inferred** |
+//! | document over 2 MB | 16, `Error=16, Details='Response status code does not indicate success: RequestEntityTooLarge (413); …"Request size is too large"…'` | The limit is Microsoft Learn's (2 MB unless the 16 MB capability is on); the errmsg prefix is what Microsoft's own Fluid Framework matches on for Cosmos DB (its Mongo retry rules) and users posted. The codeName is a guess. RU compresses documents, so real accounts take somewhat more; the proxy counts BSON bytes |
+//! | `customAction: "CreateCollection"` / `"GetCollection"` | `{ok: 1}`; `{database, collection, shardKeyDefinition: {<key>: "hashed"}, provisionedThroughput, maxContentLength: 2097152, ok: 1}` | Microsoft Learn, "MongoDB extension commands" (fields and the default output); `shardKeyDefinition`'s `"hashed"` and `maxContentLength` from GetCollection replies a user recorded. A missing collection's 26 `NamespaceNotFound` is **inferred** (the page only says a failure returns the default output, which it spells `errMsg`; drivers read `errmsg`, which the proxy sends) |
 //! | second collection in a transaction | 2, as above | **Guessed.** Microsoft only says transactions are "not supported across collections". Frameworks that write two collections in one transaction (Payload CMS deletes, Mongock's change log) report exactly the code-2 "Transaction is not active" write error above, so the proxy answers the same |
 //!
 //! [`TxnErrorStyle::NoSuchTransaction`] swaps the
@@ -66,6 +71,26 @@ const COLLECTION_VALUED: &[&str] = &[
 /// Commands answered in the `writeErrors` shape when a transaction error hits them.
 const WRITE_ERROR_SHAPED: &[&str] = &["insert", "update", "delete"];
 
+/// Which rule refused a command (for the counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// 61: no shard key where one is needed.
+    ShardKey,
+    /// 16: a document over the limit.
+    Size,
+}
+
+/// What the sharding and size rules found in one command, judged before the transaction rules
+/// run (they decide what a refusal inside a transaction does). Filled in by
+/// [`crate::sharding`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Verdict {
+    /// The command is a data command on a sharded collection: a transaction may not run it.
+    pub(crate) sharded: bool,
+    /// Refuse the command: which rule, with which error.
+    pub(crate) refusal: Option<(Rule, CosmosError)>,
+}
+
 /// The transaction fields of a command sent with `autocommit: false`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TxnRef {
@@ -91,6 +116,9 @@ pub(crate) struct CommandInfo {
     /// A `createIndexes` asking for a TTL index (`expireAfterSeconds`) on anything but
     /// `{_ts: 1}`, which Cosmos DB RU does not offer.
     pub(crate) ttl_on_custom_field: bool,
+    /// What the sharding and size rules found ([`crate::sharding`]); set by the connection
+    /// before the command is decided.
+    pub(crate) verdict: Verdict,
 }
 
 impl CommandInfo {
@@ -126,6 +154,7 @@ impl CommandInfo {
         Self {
             txn: txn_ref(body),
             ttl_on_custom_field: name == "createIndexes" && asks_ttl_on_custom_field(body),
+            verdict: Verdict::default(),
             name,
             namespaces,
         }

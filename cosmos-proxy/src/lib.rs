@@ -19,6 +19,14 @@
 //!    retry gives up after 60 s.
 //! 6. **TTL on `_ts` only**: a `createIndexes` asking for a TTL index on any other field is
 //!    refused (`ProxyConfig::ttl_only_on_ts`, on by default).
+//! 7. **Sharded collections** ([`sharding`]): created with `customAction: "CreateCollection"`
+//!    (with `shardKey`) or `shardCollection`, or marked with
+//!    [`ProxyHandle::shard_collection`]; described by `customAction: "GetCollection"` (with
+//!    `shardKeyDefinition`). A multi-document transaction touching one is refused (50841) and
+//!    aborted upstream; an insert of a document without the shard key, and an update, delete or
+//!    findAndModify whose filter does not name it, are refused (61 `ShardKeyNotFound`).
+//! 8. **Document size**: an inserted or replacing document over 2 MB is refused (16,
+//!    `RequestEntityTooLarge`; `ProxyConfig::max_document_bytes`).
 //!
 //! The exact error documents, and which parts come from Microsoft's documentation and which
 //! are inferred, are in [`cosmos`].
@@ -27,6 +35,7 @@
 //!
 //! - [`config`]: [`ProxyConfig`], [`Match`], [`TxnErrorStyle`].
 //! - [`cosmos`]: Cosmos DB's codes and error documents; which commands each rule applies to.
+//! - [`sharding`]: sharded collections (custom commands, shard key rules) and the size limit.
 //! - [`stats`]: [`ProxyStats`] and the per-transaction log ([`TxnRecord`]).
 //! - `wire` (private): message framing, `OP_MSG`/`OP_QUERY`/`OP_REPLY`, `hello` rewriting.
 //! - `state` (private): the transaction table and the rules, shared by all connections.
@@ -51,6 +60,7 @@
 pub mod config;
 mod conn;
 pub mod cosmos;
+pub mod sharding;
 mod state;
 pub mod stats;
 mod unhinted;
@@ -373,6 +383,25 @@ impl ProxyHandle {
     pub fn set_ttl_only_on_ts(&self, only: bool) {
         self.shared
             .update(|config, _, _| config.ttl_only_on_ts = only);
+    }
+
+    /// Marks `namespace` (`db.collection`) as a collection sharded on `key` (a top-level or
+    /// dotted field), as `customAction: "CreateCollection"` with `shardKey` would, without
+    /// touching `mongod`: for a collection created straight on `mongod`.
+    pub fn shard_collection(&self, namespace: &str, key: &str) {
+        self.shared.shards.set(namespace, key);
+    }
+
+    /// The shard key of `namespace`, when it is sharded.
+    pub fn shard_key(&self, namespace: &str) -> Option<String> {
+        self.shared.shards.key_of(namespace)
+    }
+
+    /// Sets the largest document an insert or replacement may carry (`None`: no limit).
+    pub fn set_max_document_bytes(&self, max: Option<usize>) {
+        self.shared
+            .update(|config, _, _| config.max_document_bytes = max);
+        self.shared.shards.set_max_bytes(max);
     }
 
     /// Sets the wording of "transaction is not active" errors.

@@ -13,6 +13,7 @@
 //! | `error50 N` | forward the next N matching commands, answer error 50 |
 //! | `error50-delay-ms N` | wait N ms before answering error 50 |
 //! | `txn-limit-ms N` | transaction limit |
+//! | `shard DB.COLL KEY` | mark a collection sharded on KEY (as `CreateCollection` would) |
 //! | `stats` | counters as JSON |
 //! | `transactions` | the per-transaction log as JSON |
 //! | `reset` | zero the counters and turn every fault off |
@@ -164,6 +165,13 @@ fn control(handle: &ProxyHandle, line: &str) -> String {
         "error50" => number().map(|n| handle.error50_next(n)),
         "error50-delay-ms" => number().map(|n| handle.set_error50_delay(Duration::from_millis(n))),
         "txn-limit-ms" => number().map(|n| handle.set_txn_limit(Duration::from_millis(n))),
+        "shard" => match (arg, words.next()) {
+            (Some(namespace), Some(key)) if namespace.contains('.') => {
+                handle.shard_collection(namespace, key);
+                Ok(())
+            }
+            _ => Err("error: shard DB.COLL KEY".to_owned()),
+        },
         "stats" => return to_json(&handle.stats()),
         "transactions" => return to_json(&handle.transactions()),
         "reset" => {

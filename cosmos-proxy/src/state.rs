@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bson::Document;
 
 use crate::config::{Match, ProxyConfig};
-use crate::cosmos::{CommandInfo, CosmosError, TxnRef};
+use crate::cosmos::{CommandInfo, CosmosError, Rule, TxnRef};
+use crate::sharding::Shards;
 use crate::stats::{ProxyStats, TxnOutcome, TxnRecord};
 
 /// How long a transaction's entry outlives its last command (so that a late command of an
@@ -134,6 +135,8 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// The `host:port` written into `hello` replies.
     pub(crate) advertised: String,
+    /// Sharded namespaces and the document size limit ([`crate::sharding`]).
+    pub(crate) shards: Shards,
     /// Request ids for messages the proxy makes up; negative so they never collide with a
     /// driver's (which count up from 0 or 1).
     next_id: AtomicI32,
@@ -304,6 +307,9 @@ impl Inner {
             .stats
             .max_collections_per_transaction
             .max(entry.record.namespaces.len());
+        if let Some(decision) = self.sharding_in_txn(entry, info) {
+            return decision;
+        }
         // Any command that added a second namespace is refused at once, so more than one
         // namespace means this command brought it.
         if self.config.enforce_one_collection && entry.record.namespaces.len() > 1 {
@@ -352,7 +358,43 @@ impl Inner {
         Decision::Forward { replace, commit_of }
     }
 
+    /// Cosmos DB RU's sharding rules inside a transaction: a sharded collection refuses the
+    /// whole transaction (50841); a command breaking a sharding or size rule fails it. Either
+    /// way it is aborted upstream, so nothing of it commits.
+    fn sharding_in_txn(&mut self, entry: &mut TxnEntry, info: &CommandInfo) -> Option<Decision> {
+        let (error, outcome) = if info.verdict.sharded {
+            self.stats.sharded_transaction_refusals += 1;
+            (
+                CosmosError::sharded_transaction(),
+                TxnOutcome::ShardedRefused,
+            )
+        } else {
+            let (rule, error) = info.verdict.refusal.clone()?;
+            self.count_refusal(rule);
+            (error, TxnOutcome::CommandRefused)
+        };
+        entry.state = TxnState::Refused;
+        entry.record.outcome = outcome;
+        Some(Decision::Refuse {
+            error,
+            abort: entry
+                .forwarded
+                .then(|| (entry.lsid.clone(), entry.txn_number)),
+        })
+    }
+
+    fn count_refusal(&mut self, rule: Rule) {
+        match rule {
+            Rule::ShardKey => self.stats.shard_key_refusals += 1,
+            Rule::Size => self.stats.oversized_documents += 1,
+        }
+    }
+
     fn decide_plain(&mut self, info: &CommandInfo) -> Decision {
+        if let Some((rule, error)) = info.verdict.refusal.clone() {
+            self.count_refusal(rule);
+            return Decision::Refuse { error, abort: None };
+        }
         if self.config.ttl_only_on_ts && info.ttl_on_custom_field {
             self.stats.refused_ttl_indexes += 1;
             return Decision::Refuse {
@@ -393,6 +435,7 @@ impl Shared {
             seed
         });
         Self {
+            shards: Shards::new(config.max_document_bytes),
             inner: Mutex::new(Inner {
                 config,
                 throttle_next: 0,
@@ -413,6 +456,11 @@ impl Shared {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A random id in the layout of Cosmos DB's `ActivityId`.
+    pub(crate) fn activity_id(&self) -> String {
+        self.lock().rng.activity_id()
     }
 
     /// A fresh negative request id.

@@ -23,6 +23,12 @@ pub struct ProxyStats {
     pub expired_transactions: u64,
     /// `createIndexes` commands refused for a TTL index on a field other than `_ts`.
     pub refused_ttl_indexes: u64,
+    /// Writes refused with 61 for a missing shard key (sharded collections).
+    pub shard_key_refusals: u64,
+    /// Transactions refused with 50841 for touching a sharded collection.
+    pub sharded_transaction_refusals: u64,
+    /// Writes refused with 16 for a document over the size limit.
+    pub oversized_documents: u64,
     /// Commands answered with 16500 instead of being forwarded.
     pub throttled_commands: u64,
     /// Commands forwarded, then answered with error 50 instead of the real reply.
@@ -66,6 +72,10 @@ pub enum TxnOutcome {
     Expired,
     /// One of its commands was throttled (16500); the proxy aborted it.
     Throttled,
+    /// It touched a sharded collection (50841); the proxy aborted it.
+    ShardedRefused,
+    /// One of its commands broke a sharding or size rule (61, 16); the proxy aborted it.
+    CommandRefused,
     /// The session started its next transaction without ending this one (which `mongod`
     /// aborts).
     Superseded,

@@ -226,6 +226,54 @@ pub(crate) fn parse_op_msg(bytes: &[u8]) -> Result<OpMsg<'_>, WireError> {
     })
 }
 
+/// The kind-1 sections (document sequences) of an `OP_MSG` (header included): each one's
+/// identifier (`documents`, `updates`, `deletes`, …) and documents. Drivers send the documents
+/// of `insert`, `update` and `delete` this way rather than in the body.
+///
+/// # Errors
+///
+/// Fails as [`parse_op_msg`] does.
+pub(crate) fn document_sequences(
+    bytes: &[u8],
+) -> Result<Vec<(&str, Vec<&RawDocument>)>, WireError> {
+    let flags = le_u32(bytes, HEADER_LEN)?;
+    let mut end = bytes.len();
+    if flags & CHECKSUM_PRESENT != 0 {
+        end = end.checked_sub(4).ok_or(WireError::Truncated)?;
+    }
+    let mut pos = HEADER_LEN + 4;
+    let mut sequences = Vec::new();
+    while pos < end {
+        let kind = bytes[pos];
+        pos += 1;
+        match kind {
+            0 => pos += doc_len(bytes, pos, end)?,
+            1 => {
+                let size = usize::try_from(le_i32(bytes, pos)?)
+                    .map_err(|_| WireError::Malformed("document sequence"))?;
+                if size < 4 || pos + size > end {
+                    return Err(WireError::Malformed("document sequence"));
+                }
+                let section_end = pos + size;
+                let name_end = cstring_end(bytes, pos + 4, section_end)?;
+                let name = std::str::from_utf8(&bytes[pos + 4..name_end - 1])
+                    .map_err(|_| WireError::Malformed("document sequence identifier"))?;
+                let mut docs = Vec::new();
+                let mut at = name_end;
+                while at < section_end {
+                    let len = doc_len(bytes, at, section_end)?;
+                    docs.push(RawDocument::from_bytes(&bytes[at..at + len])?);
+                    at += len;
+                }
+                sequences.push((name, docs));
+                pos = section_end;
+            }
+            _ => return Err(WireError::Malformed("OP_MSG section kind")),
+        }
+    }
+    Ok(sequences)
+}
+
 /// Builds an `OP_MSG` with one body section and no checksum (the checksum flag is cleared
 /// from `flags`).
 ///
@@ -413,6 +461,22 @@ mod tests {
             assert_eq!(parsed.body.get_str("$db").unwrap(), "d");
             assert_eq!(parsed.document_sequences, 1);
             assert_eq!(parsed.flags & CHECKSUM_PRESENT != 0, checksum);
+        }
+    }
+
+    #[test]
+    fn document_sequences_are_read_with_their_identifier() {
+        for checksum in [false, true] {
+            let bytes = op_msg_with_sequence(checksum);
+            let sequences = document_sequences(&bytes).unwrap();
+            assert_eq!(sequences.len(), 1);
+            assert_eq!(sequences[0].0, "documents");
+            let ids: Vec<i32> = sequences[0]
+                .1
+                .iter()
+                .map(|d| d.get_i32("_id").unwrap())
+                .collect();
+            assert_eq!(ids, [1, 2]);
         }
     }
 

@@ -727,3 +727,133 @@ async fn the_binary_prints_its_address_and_obeys_stdin_commands() -> anyhow::Res
     assert!(status.success(), "{status}");
     rs.stop().await
 }
+
+#[tokio::test]
+async fn a_sharded_collection_gets_ru_rules_through_the_real_driver() -> anyhow::Result<()> {
+    let env = Env::start("sharded", ProxyConfig::default()).await?;
+    let database = env.client.database(DB);
+    // Created as on RU: the extension command, then described by another.
+    let created = database
+        .run_command(doc! { "customAction": "CreateCollection", "collection": "orders", "shardKey": "tenant" })
+        .await?;
+    assert_eq!(created.get_f64("ok")?, 1.0);
+    let names = env.direct.database(DB).list_collection_names().await?;
+    assert!(
+        names.contains(&"orders".to_owned()),
+        "created upstream: {names:?}"
+    );
+    let described = database
+        .run_command(doc! { "customAction": "GetCollection", "collection": "orders" })
+        .await?;
+    assert_eq!(
+        described.get_document("shardKeyDefinition")?,
+        &doc! { "tenant": "hashed" }
+    );
+    assert_eq!(described.get_i64("maxContentLength")?, 2_097_152);
+    env.create(&["plain"]).await?;
+    let plain = database
+        .run_command(doc! { "customAction": "GetCollection", "collection": "plain" })
+        .await?;
+    assert!(!plain.contains_key("shardKeyDefinition"), "{plain}");
+    let missing = database
+        .run_command(doc! { "customAction": "GetCollection", "collection": "nowhere" })
+        .await
+        .expect_err("a missing collection");
+    assert_eq!(error_code(&missing), Some(26));
+    let by_admin = env
+        .client
+        .database("admin")
+        .run_command(
+            doc! { "shardCollection": format!("{DB}.events"), "key": { "region": "hashed" } },
+        )
+        .await?;
+    assert_eq!(
+        by_admin.get_str("collectionsharded")?,
+        format!("{DB}.events")
+    );
+    assert_eq!(
+        env.proxy
+            .handle()
+            .shard_key(&format!("{DB}.events"))
+            .as_deref(),
+        Some("region")
+    );
+
+    let orders = env.proxied("orders");
+    orders.insert_one(doc! { "_id": 1, "tenant": "a" }).await?;
+    let keyless = orders
+        .insert_one(doc! { "_id": 2 })
+        .await
+        .expect_err("a document without the shard key");
+    assert_eq!(error_code(&keyless), Some(61), "{keyless:?}");
+    let untargeted = orders
+        .update_one(doc! { "_id": 1 }, doc! { "$set": { "v": 1 } })
+        .await
+        .expect_err("an update without the shard key");
+    assert_eq!(
+        server_error(&untargeted).map(|(c, m)| (c, m.contains("single shard key"))),
+        Some((61, true))
+    );
+    orders
+        .update_one(
+            doc! { "_id": 1, "tenant": "a" },
+            doc! { "$set": { "v": 1 } },
+        )
+        .await?;
+    assert!(orders.delete_one(doc! { "_id": 1 }).await.is_err());
+    assert!(
+        orders
+            .find_one_and_update(doc! { "_id": 1 }, doc! { "$set": { "v": 2 } })
+            .await
+            .is_err()
+    );
+
+    // A transaction on it is refused, and nothing of it commits.
+    let mut session = env.client.start_session().await?;
+    let result = session
+        .start_transaction()
+        .and_run2(async |s| {
+            orders
+                .insert_one(doc! { "_id": 3, "tenant": "a" })
+                .session(&mut *s)
+                .await?;
+            Ok(())
+        })
+        .await;
+    assert_eq!(
+        result.as_ref().err().and_then(error_code),
+        Some(50841),
+        "{result:?}"
+    );
+    let mut session = env.client.start_session().await?;
+    session.start_transaction().await?;
+    env.proxied("plain")
+        .insert_one(doc! { "_id": 1 })
+        .session(&mut session)
+        .await?;
+    let refused = orders
+        .insert_one(doc! { "_id": 4, "tenant": "a" })
+        .session(&mut session)
+        .await
+        .expect_err("a sharded collection in a transaction");
+    assert_eq!(error_code(&refused), Some(50841));
+    assert!(session.commit_transaction().await.is_err());
+
+    // Over 2 MB, anywhere.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let too_large = env
+        .proxied("plain")
+        .insert_one(doc! { "_id": 9, "pad": big })
+        .await
+        .expect_err("a document over 2 MB");
+    assert_eq!(error_code(&too_large), Some(16), "{too_large:?}");
+
+    assert_eq!(env.truth("orders").count_documents(doc! {}).await?, 1);
+    assert_eq!(env.truth("plain").count_documents(doc! {}).await?, 0);
+    let stats = env.proxy.handle().stats();
+    assert_eq!(stats.sharded_transaction_refusals, 2, "{stats:?}");
+    assert!(stats.shard_key_refusals >= 4, "{stats:?}");
+    assert_eq!(stats.oversized_documents, 1, "{stats:?}");
+    assert!(stats.upstream_aborts >= 1, "{stats:?}");
+    env.stop().await
+}

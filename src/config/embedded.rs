@@ -13,7 +13,8 @@ pub struct EmbeddedSettings {
     /// `OUTBOX_EMBEDDED_MAX_PENDING`: pending events one document may hold (1–10,000).
     pub max_pending: u32,
     /// `OUTBOX_EMBEDDED_MAX_DOCUMENT_BYTES`: the largest stored document; `None` lets the
-    /// placement use the server's (2 MB on a Cosmos DB RU host, else 16 MiB).
+    /// placement use the server's (the collection's `maxContentLength` where Cosmos DB RU's
+    /// `GetCollection` says, else 2 MB on a Cosmos DB RU host, else 16 MiB).
     pub max_document_bytes: Option<usize>,
 }
 

@@ -131,7 +131,9 @@ fn db_error(e: DbError) -> ReadError {
             unavailable(Some(e))
         }
         // A read cannot hit a unique index: a duplicate key here is a bug.
-        DbError::Conflict(_) | DbError::Other(_) => ReadError::Internal(e),
+        DbError::Conflict(_) | DbError::Other(_) | DbError::Misconfigured(_) => {
+            ReadError::Internal(e)
+        }
     }
 }
 

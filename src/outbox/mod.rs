@@ -80,6 +80,18 @@ pub enum Placement {
     Embedded,
 }
 
+impl Placement {
+    /// The name `OUTBOX_PLACEMENT` gives it.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Separate => "separate",
+            Self::Colocated => "colocated",
+            Self::Embedded => "embedded",
+        }
+    }
+}
+
 /// An entry a relay holds under a claim.
 #[derive(Debug, Clone)]
 pub struct ClaimedEntry {

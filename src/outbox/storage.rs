@@ -90,8 +90,8 @@ impl Storage {
             .prepared
             .get_or_try_init(|| async {
                 let database = self.db.database().await?;
-                let placement = placement::resolve(&self.db).await?;
-                let writer = placement::store_for(placement, &database, self.settings());
+                let (placement, settings) = placement::resolve(&self.db).await?;
+                let writer = placement::store_for(placement, &database, &settings);
                 let expiry = writer.prepare().await?;
                 let entries = OutboxStore::new(&database, writer.entries_collection());
                 let relay = writer.relay_store(&entries);

@@ -76,7 +76,10 @@ pub fn chaos_settings(
 
 /// Ends the sessions this test's handlers left on the server (a SIGKILLed handler's open
 /// transaction would make `dropDatabase` wait), then drops the database; see [`TestDb::drop`].
+/// Behind cosmos-ru-proxy (`OUTBOX_TEST_COSMOS_SHARD_KEY`), first checks that RU's rules for
+/// sharded collections were never broken.
 pub async fn teardown(db: TestDb) {
+    db.assert_cosmos_rules_kept();
     db.drop().await;
 }
 
@@ -108,10 +111,12 @@ pub async fn pending_ids(db: &TestDb) -> HashSet<String> {
     ids
 }
 
-/// The body of test document `n`.
+/// The body of test document `n`; its `tenant` is the shard key when the suite runs on a
+/// sharded collection (`OUTBOX_TEST_COSMOS_SHARD_KEY=tenant`).
 fn body(doc_id: &str, n: usize) -> String {
     format!(
-        r#"{{"_id":"{doc_id}","n":{n},"pad":"{}"}}"#,
+        r#"{{"_id":"{doc_id}","tenant":"t{}","n":{n},"pad":"{}"}}"#,
+        n % 4,
         "x".repeat(64 + n % 128)
     )
 }

@@ -17,11 +17,7 @@ use crate::support::{
 
 /// The real mongod the proxy forwards to.
 fn upstream() -> SocketAddr {
-    let rest = uri().trim_start_matches("mongodb://").to_owned();
-    let hostport = rest.split(['/', '?', ',']).next().unwrap().to_owned();
-    hostport
-        .parse()
-        .expect("OUTBOX_TEST_MONGODB_URI names 127.0.0.1:PORT")
+    crate::support::mongo::upstream(&uri())
 }
 
 async fn proxy() -> RunningProxy {

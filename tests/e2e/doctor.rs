@@ -202,3 +202,91 @@ async fn an_unreachable_database_is_named_and_its_password_never_printed() {
     run.assert_no(password);
     run.assert_no(receiver::KEY);
 }
+
+#[tokio::test]
+async fn a_sharded_cosmos_collection_is_reported_and_fails_colocated_with_the_fix() {
+    let db = TestDb::sharded(&[("OUTBOX_PLACEMENT", "embedded")], "tenant").await;
+    let rx = receiver::start().await;
+    let env = app_settings(&db, &rx, &[]);
+
+    let colocated = doctor(&with(env.clone(), &[("OUTBOX_PLACEMENT", "colocated")])).await;
+    let embedded = doctor(&env).await;
+    let keyless = doctor(
+        &env.iter()
+            .filter(|(k, _)| k != "MONGODB_SHARD_KEY")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    assert_fails_with_fix(
+        &colocated,
+        "database.placement",
+        "sharded on Cosmos DB for MongoDB RU (shard key tenant)",
+        "OUTBOX_PLACEMENT=embedded",
+    );
+    let detail = colocated.check("database.placement")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("the server allows embedded"), "{detail}");
+    let passed = embedded.check("database.placement");
+    assert_eq!(passed["verdict"], "pass", "{}", embedded.report);
+    let detail = passed["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("OUTBOX_PLACEMENT=embedded (the server allows embedded)"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("sharded on Cosmos DB for MongoDB RU (shard key tenant)"),
+        "{detail}"
+    );
+    assert_fails_with_fix(
+        &keyless,
+        "database.placement",
+        "MONGODB_SHARD_KEY is unset",
+        "MONGODB_SHARD_KEY=tenant",
+    );
+    assert_eq!(
+        db.proxy().stats().transactions_seen,
+        0,
+        "the doctor never tried a transaction on it"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn separate_behind_cosmos_ru_rules_fails_the_placement_check_naming_colocated() {
+    let proxy = cosmos_ru_proxy::start(
+        cosmos_ru_proxy::ProxyConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+        crate::support::mongo::upstream(&crate::support::mongo::uri()),
+    )
+    .await
+    .unwrap();
+    let db = TestDb::with(&[("OUTBOX_PLACEMENT", "separate")]).await;
+    let rx = receiver::start().await;
+    let env = with(
+        app_settings(&db, &rx, &[]),
+        &[("MONGODB_URI", &proxy.uri("rs0"))],
+    );
+
+    let run = doctor(&env).await;
+
+    assert_fails_with_fix(
+        &run,
+        "database.placement",
+        "refuses a transaction across two collections",
+        "OUTBOX_PLACEMENT=colocated",
+    );
+    assert!(
+        run.check("database.placement")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the server allows colocated"),
+        "{}",
+        run.report
+    );
+    db.drop().await;
+    proxy.shutdown().await;
+}

@@ -32,6 +32,7 @@ mod read_document;
 mod relay;
 mod replay;
 mod settings_sync;
+mod sharded;
 mod shutdown;
 mod standalone;
 mod status_browser;

@@ -9,7 +9,7 @@ use mongodb::error::ErrorKind;
 use secrecy::ExposeSecret;
 
 use super::{Check, human};
-use crate::config::{MongoSettings, PlacementSetting, Settings};
+use crate::config::{MongoSettings, Settings};
 use crate::db::{Db, DbError};
 use crate::outbox::Placement;
 use crate::outbox::idempotency::EXPIRY_INDEX;
@@ -186,61 +186,31 @@ fn transactions(hello: &Hello) -> Check {
     }
 }
 
-/// The placement the server allows against the configured one.
+/// The placement the server allows (and how the collection is sharded) against the
+/// configured one; the placement code decides, the check only reports.
 async fn placement_check(db: &Db, mongo: &MongoSettings) -> Result<(Check, Placement), Box<Check>> {
     const ID: &str = "database.placement";
     const TITLE: &str = "placement";
-    let allowed = placement::allowed(db)
+    let report = placement::report(db)
         .await
         .map_err(|e| Box::new(unexpected(ID, TITLE, &e)))?;
-    let name = |p: Placement| match p {
-        Placement::Separate => "separate",
-        Placement::Colocated => "colocated",
-        Placement::Embedded => "embedded",
-    };
-    let check = match (mongo.placement, allowed) {
-        (PlacementSetting::Separate, Placement::Colocated) => {
-            return Err(Box::new(Check::fail(
-                ID,
-                TITLE,
-                "OUTBOX_PLACEMENT=separate, but the server refuses a transaction across two collections (Cosmos DB for MongoDB RU does): every write would fail",
-                "set OUTBOX_PLACEMENT=colocated (or auto)",
-            )));
-        }
-        (PlacementSetting::Auto, p) => Check::pass(
+    if let Some(refusal) = &report.refusal {
+        let detail = format!(
+            "{}; the server allows {}",
+            refusal.problem,
+            report.allowed.as_str()
+        );
+        return Err(Box::new(Check::fail(
             ID,
             TITLE,
-            format!(
-                "OUTBOX_PLACEMENT=auto: the server allows {}, so entries go there",
-                name(p)
-            ),
-        ),
-        (PlacementSetting::Colocated, _) => Check::pass(
-            ID,
-            TITLE,
-            format!("colocated (the server allows {})", name(allowed)),
-        ),
-        (PlacementSetting::Embedded, _) => Check::pass(
-            ID,
-            TITLE,
-            format!(
-                "embedded: single-document writes need no transaction (the server allows {})",
-                name(allowed)
-            ),
-        ),
-        (PlacementSetting::Separate, Placement::Separate | Placement::Embedded) => Check::pass(
-            ID,
-            TITLE,
-            "separate: the server accepts a transaction across the documents' and the outbox collections",
-        ),
-    };
-    let placement = match mongo.placement {
-        PlacementSetting::Separate => Placement::Separate,
-        PlacementSetting::Colocated => Placement::Colocated,
-        PlacementSetting::Embedded => Placement::Embedded,
-        PlacementSetting::Auto => allowed,
-    };
-    Ok((check, placement))
+            detail,
+            refusal.fix.clone(),
+        )));
+    }
+    Ok((
+        Check::pass(ID, TITLE, report.summary(mongo.placement)),
+        report.configured,
+    ))
 }
 
 /// The claim index (and the subject index under subject ordering), the claim query's plan, and

@@ -1,11 +1,17 @@
 //! The real replica set `make test` started, and one fresh database per test.
 //!
+//! With `OUTBOX_TEST_COSMOS_SHARD_KEY=<field>` every test database sits behind its own
+//! cosmos-ru-proxy with its documents' collection sharded on that field (and
+//! `MONGODB_SHARD_KEY` set to it): handlers get the proxy's address, the test's own client
+//! still reads `mongod` directly (`make test` runs part of the chaos suite so).
+//!
 //! A test's database is dropped when its [`TestDb`] goes, whether the test passed or failed
 //! (`drop().await` on success, [`Drop`] on a panic or an early return), and the first
 //! database a test process creates sweeps the databases of test processes that are gone (a
 //! run killed before it could clean up).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -45,9 +51,14 @@ pub struct TestDb {
     pub name: String,
     /// The replica set's connection string.
     pub uri: String,
+    /// What handlers connect to: the replica set, or the proxy in front of it.
+    pub handler_uri: String,
+    /// Straight to `mongod`.
     pub client: Client,
     pub settings: MongoSettings,
     pub placement: Placement,
+    /// The cosmos-ru-proxy in front of the replica set (`OUTBOX_TEST_COSMOS_SHARD_KEY`).
+    pub proxy: Option<cosmos_ru_proxy::RunningProxy>,
 }
 
 impl TestDb {
@@ -62,6 +73,27 @@ impl TestDb {
 
     /// On the replica set at `uri` (a test that starts its own, e.g. to restart it).
     pub async fn on(uri: &str, extra: &[(&str, &str)]) -> Self {
+        Self::build(uri, extra, test_shard_key()).await
+    }
+
+    /// Behind a cosmos-ru-proxy of its own with the documents' collection sharded on
+    /// `shard_key` (and `MONGODB_SHARD_KEY` set to it, unless `extra` says otherwise).
+    pub async fn sharded(extra: &[(&str, &str)], shard_key: &str) -> Self {
+        Self::build(&uri(), extra, Some(shard_key.to_owned())).await
+    }
+
+    /// The proxy in front of the replica set.
+    ///
+    /// # Panics
+    /// When there is none.
+    pub fn proxy(&self) -> cosmos_ru_proxy::ProxyHandle {
+        self.proxy
+            .as_ref()
+            .expect("a database behind the proxy")
+            .handle()
+    }
+
+    async fn build(uri: &str, extra: &[(&str, &str)], shard_key: Option<String>) -> Self {
         sweep_leftovers(uri).await;
         let name = format!(
             "test_{}_{}",
@@ -74,6 +106,9 @@ impl TestDb {
         // gets unless it asks for one itself.
         if let Some(placement) = test_placement() {
             map.insert("OUTBOX_PLACEMENT".into(), placement);
+        }
+        if let Some(key) = &shard_key {
+            map.insert("MONGODB_SHARD_KEY".into(), key.clone());
         }
         map.insert("MONGODB_DATABASE".into(), name.clone());
         for (k, v) in extra {
@@ -94,14 +129,61 @@ impl TestDb {
         )
         .await
         .expect("ensure_indexes on the test database");
+        let proxy = match shard_key {
+            Some(key) => {
+                let proxy = cosmos_ru_proxy::start(
+                    cosmos_ru_proxy::ProxyConfig {
+                        seed: Some(7),
+                        ..cosmos_ru_proxy::ProxyConfig::default()
+                    },
+                    "127.0.0.1:0".parse().unwrap(),
+                    upstream(uri),
+                )
+                .await
+                .expect("start the proxy");
+                proxy
+                    .handle()
+                    .shard_collection(&format!("{name}.{}", settings.collection), &key);
+                Some(proxy)
+            }
+            None => None,
+        };
         Self {
             is_dropped: false,
+            handler_uri: proxy
+                .as_ref()
+                .map_or_else(|| uri.to_owned(), |p| p.uri("rs0")),
             name,
             uri: uri.to_owned(),
             client,
             settings,
             placement,
+            proxy,
         }
+    }
+
+    /// With a proxy in front (`OUTBOX_TEST_COSMOS_SHARD_KEY`): panics unless Cosmos DB RU's
+    /// rules for sharded collections held — no transaction, no write without the shard key,
+    /// no document over the limit.
+    pub fn assert_cosmos_rules_kept(&self) {
+        let Some(proxy) = &self.proxy else {
+            return;
+        };
+        let stats = proxy.handle().stats();
+        assert!(
+            stats.commands_forwarded > 0,
+            "the handlers went through the proxy"
+        );
+        assert_eq!(
+            (
+                stats.transactions_seen,
+                stats.shard_key_refusals,
+                stats.sharded_transaction_refusals,
+                stats.oversized_documents
+            ),
+            (0, 0, 0, 0),
+            "through cosmos-ru-proxy on a sharded collection: {stats:?}"
+        );
     }
 
     pub fn db(&self) -> Database {
@@ -216,8 +298,8 @@ impl TestDb {
 
     /// The settings a handler needs to use this database.
     pub fn app_settings(&self) -> Vec<(String, String)> {
-        vec![
-            ("MONGODB_URI".into(), self.uri.clone()),
+        let mut settings = vec![
+            ("MONGODB_URI".into(), self.handler_uri.clone()),
             ("MONGODB_DATABASE".into(), self.name.clone()),
             (
                 "MONGODB_COLLECTION".into(),
@@ -235,7 +317,11 @@ impl TestDb {
                     Placement::Embedded => "embedded".into(),
                 },
             ),
-        ]
+        ];
+        if let Some(key) = &self.settings.shard_key {
+            settings.push(("MONGODB_SHARD_KEY".into(), key.clone()));
+        }
+        settings
     }
 
     /// The `appName` a handler of this test connects with (see [`Self::uri_for_handler`]), so
@@ -244,16 +330,24 @@ impl TestDb {
         app_name(&self.name)
     }
 
-    /// The replica set's connection string with this test's `appName`.
+    /// What handlers connect to ([`Self::handler_uri`]) with this test's `appName`.
     pub fn uri_for_handler(&self) -> String {
-        let separator = if self.uri.contains('?') { '&' } else { '?' };
-        format!("{}{separator}appName={}", self.uri, self.app_name())
+        let separator = if self.handler_uri.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{separator}appName={}", self.handler_uri, self.app_name())
     }
 
-    /// Ends the sessions this test's handlers left, then drops the database.
+    /// Ends the sessions this test's handlers left, then drops the database (and stops the
+    /// proxy in front of it).
     pub async fn drop(mut self) {
         clean_up(&self.client, &self.name).await;
         self.is_dropped = true;
+        if let Some(proxy) = self.proxy.take() {
+            proxy.shutdown().await;
+        }
     }
 }
 
@@ -299,6 +393,29 @@ pub fn test_placement() -> Option<String> {
     )]
     let placement = std::env::var("OUTBOX_TEST_PLACEMENT").ok();
     placement.filter(|p| !p.is_empty())
+}
+
+/// `OUTBOX_TEST_COSMOS_SHARD_KEY`: put every test database behind cosmos-ru-proxy with its
+/// documents' collection sharded on this field.
+pub fn test_shard_key() -> Option<String> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "test support reads its own variable"
+    )]
+    let key = std::env::var("OUTBOX_TEST_COSMOS_SHARD_KEY").ok();
+    key.filter(|k| !k.is_empty())
+}
+
+/// The `host:port` of the replica set at `uri` (`mongodb://127.0.0.1:PORT/…`), for a proxy.
+///
+/// # Panics
+/// When the URI names no single `host:port`.
+pub fn upstream(uri: &str) -> SocketAddr {
+    let rest = uri.trim_start_matches("mongodb://");
+    let hostport = rest.split(['/', '?', ',']).next().unwrap_or_default();
+    hostport
+        .parse()
+        .unwrap_or_else(|_| panic!("{uri} names no 127.0.0.1:PORT"))
 }
 
 fn app_name(database: &str) -> String {

@@ -30,6 +30,10 @@ const HISTORY_LEN: i32 = 10;
 /// How long a claim's documents are remembered after its lease ended: a batch records its
 /// outcomes before its lease ends, so this only bounds the memory.
 const FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(10);
+/// Documents whose expired keys one purge batch removes.
+const PURGE_BATCH: i64 = 1000;
+/// Purge batches one run takes at most.
+const PURGE_ROUNDS: usize = 10;
 
 /// The `embedded` placement's events, in the documents' collection, with dead letters and
 /// requeued events in the entries' collection.
@@ -491,16 +495,47 @@ impl EmbeddedEvents {
         Ok(events_in(ids, docs, updated, of.len()))
     }
 
-    /// Removes expired idempotency keys from the documents that hold any.
+    /// Removes expired idempotency keys from the documents that hold any: found first (with
+    /// their shard key values), then pulled by `_id` and shard key, since a sharded Cosmos DB
+    /// RU collection refuses an update whose filter does not name the shard key. A bounded
+    /// number of batches per run; the next run goes on.
     pub(super) async fn purge_keys(&self, now: DateTime<Utc>) -> Result<u64, DbError> {
         let expired = doc! { "$lte": bson_time(now) };
-        Ok(self
-            .documents
-            .update_many(
-                doc! { f::KEY_EXPIRES_AT: expired.clone() },
-                doc! { "$pull": { f::KEYS: { "expires_at": expired } } },
-            )
-            .await?
-            .modified_count)
+        let mut projection = doc! { "_id": 1 };
+        if let Some(k) = &self.shard_key {
+            projection.insert(k.as_str(), 1);
+        }
+        let mut removed = 0;
+        for _ in 0..PURGE_ROUNDS {
+            let found: Vec<Document> = self
+                .documents
+                .find(doc! { f::KEY_EXPIRES_AT: expired.clone() })
+                .projection(projection.clone())
+                .limit(PURGE_BATCH)
+                .await?
+                .try_collect()
+                .await?;
+            if found.is_empty() {
+                break;
+            }
+            let ids: Vec<Bson> = found
+                .iter()
+                .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+                .collect();
+            let mut filter = doc! { "_id": { "$in": ids }, f::KEY_EXPIRES_AT: expired.clone() };
+            self.add_shards(&mut filter, &self.shard_values(&found));
+            removed += self
+                .documents
+                .update_many(
+                    filter,
+                    doc! { "$pull": { f::KEYS: { "expires_at": expired.clone() } } },
+                )
+                .await?
+                .modified_count;
+            if found.len() < usize::try_from(PURGE_BATCH).unwrap_or(usize::MAX) {
+                break;
+            }
+        }
+        Ok(removed)
     }
 }
