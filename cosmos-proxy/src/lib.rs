@@ -19,6 +19,10 @@
 //!    retry gives up after 60 s.
 //! 6. **TTL on `_ts` only**: a `createIndexes` asking for a TTL index on any other field is
 //!    refused (`ProxyConfig::ttl_only_on_ts`, on by default).
+//! 7. **Change streams** ([`change_stream`]): only RU's mandatory pipeline is accepted (others
+//!    are refused with RU's `BadValue`); events in the cursor's batches lose `operationType`
+//!    and `updateDescription`, deletes are removed; a throttled `getMore` gets an empty page
+//!    ([`ProxyHandle::throttle_change_stream_next`]).
 //!
 //! The exact error documents, and which parts come from Microsoft's documentation and which
 //! are inferred, are in [`cosmos`].
@@ -27,6 +31,7 @@
 //!
 //! - [`config`]: [`ProxyConfig`], [`Match`], [`TxnErrorStyle`].
 //! - [`cosmos`]: Cosmos DB's codes and error documents; which commands each rule applies to.
+//! - [`change_stream`]: RU's change-stream rules, their sources, [`ChangeStreamStats`].
 //! - [`stats`]: [`ProxyStats`] and the per-transaction log ([`TxnRecord`]).
 //! - `wire` (private): message framing, `OP_MSG`/`OP_QUERY`/`OP_REPLY`, `hello` rewriting.
 //! - `state` (private): the transaction table and the rules, shared by all connections.
@@ -48,6 +53,7 @@
 //! # }
 //! ```
 
+pub mod change_stream;
 pub mod config;
 mod conn;
 pub mod cosmos;
@@ -64,6 +70,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub use change_stream::ChangeStreamStats;
 pub use config::{DEFAULT_RETRY_AFTER_MS, DEFAULT_TXN_LIMIT, Match, ProxyConfig, TxnErrorStyle};
 pub use stats::{ProxyStats, TxnOutcome, TxnRecord, WireStats};
 
@@ -278,15 +285,18 @@ impl ProxyHandle {
     /// untracked: their later commands are only subject to throttling and error 50.
     pub fn reset_stats(&self) {
         self.shared.reset_stats();
+        self.shared.streams.reset_stats();
     }
 
-    /// Turns every fault off: throttle rate 0, no scheduled 16500s or error 50s.
+    /// Turns every fault off: throttle rate 0, no scheduled 16500s, error 50s or throttled
+    /// change-stream pages.
     pub fn clear_faults(&self) {
         self.shared.update(|config, throttle_next, error50_next| {
             config.throttle_rate = 0.0;
             *throttle_next = 0;
             *error50_next = 0;
         });
+        self.shared.streams.throttle_next(0);
     }
 
     /// [`reset_stats`](Self::reset_stats) and [`clear_faults`](Self::clear_faults).
@@ -373,6 +383,30 @@ impl ProxyHandle {
     pub fn set_ttl_only_on_ts(&self, only: bool) {
         self.shared
             .update(|config, _, _| config.ttl_only_on_ts = only);
+    }
+
+    /// Answers the next `n` `getMore`s on change streams with what a throttled Cosmos DB RU
+    /// stream returns: an empty page (16500 underneath), the cursor left where it was. Replaces
+    /// any schedule still pending. See [`change_stream`].
+    pub fn throttle_change_stream_next(&self, n: u64) {
+        self.shared.streams.throttle_next(n);
+    }
+
+    /// Throttled change-stream pages still to come.
+    pub fn pending_change_stream_throttles(&self) -> u64 {
+        self.shared.streams.pending_throttles()
+    }
+
+    /// What the change-stream rules did since start or the last
+    /// [`reset_stats`](Self::reset_stats).
+    pub fn change_stream_stats(&self) -> ChangeStreamStats {
+        self.shared.streams.stats()
+    }
+
+    /// Turns Cosmos DB RU's change-stream rules on or off (on by default); off, change streams
+    /// pass through as to `mongod`.
+    pub fn set_change_stream_rules(&self, on: bool) {
+        self.shared.streams.set_enabled(on);
     }
 
     /// Sets the wording of "transaction is not active" errors.
