@@ -169,7 +169,10 @@ impl Conn {
                     }
                 });
                 let info = CommandInfo::inspect(op.body);
-                let stream = self.shared.streams.on_command(&info.name, op.body);
+                let stream = crate::custom_action::answer(&info.name, op.body).map_or_else(
+                    || self.shared.streams.on_command(&info.name, op.body),
+                    StreamAction::Answer,
+                );
                 (op.flags, info, stream)
             }
             Err(error) => {
@@ -200,7 +203,7 @@ impl Conn {
                     .await;
             }
             StreamAction::Answer(page) => {
-                tracing::debug!("Answered a change stream's getMore with a throttled empty page");
+                tracing::debug!(command = %info.name, "Answered a command the way Cosmos DB RU would");
                 return self.answer(&msg, expects_reply, &page).await;
             }
         };

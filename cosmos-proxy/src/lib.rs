@@ -23,6 +23,8 @@
 //!    are refused with RU's `BadValue`); events in the cursor's batches lose `operationType`
 //!    and `updateDescription`, deletes are removed; a throttled `getMore` gets an empty page
 //!    ([`ProxyHandle::throttle_change_stream_next`]).
+//! 8. **`customAction: GetCollection`** is answered as RU answers it, so that code probing for
+//!    Cosmos DB RU finds it (`custom_action`).
 //!
 //! The exact error documents, and which parts come from Microsoft's documentation and which
 //! are inferred, are in [`cosmos`].
@@ -33,6 +35,7 @@
 //! - [`cosmos`]: Cosmos DB's codes and error documents; which commands each rule applies to.
 //! - [`change_stream`]: RU's change-stream rules, their sources, [`ChangeStreamStats`].
 //! - [`stats`]: [`ProxyStats`] and the per-transaction log ([`TxnRecord`]).
+//! - `custom_action` (private): the `customAction` commands the proxy answers itself.
 //! - `wire` (private): message framing, `OP_MSG`/`OP_QUERY`/`OP_REPLY`, `hello` rewriting.
 //! - `state` (private): the transaction table and the rules, shared by all connections.
 //! - `conn` (private): one client connection and its upstream connection.
@@ -57,6 +60,7 @@ pub mod change_stream;
 pub mod config;
 mod conn;
 pub mod cosmos;
+mod custom_action;
 mod state;
 pub mod stats;
 mod unhinted;
