@@ -32,6 +32,21 @@ use crate::telemetry::chain;
 const CHANGE_WAIT: Duration = Duration::from_millis(200);
 /// Longest a batch is gathered while changes keep coming, before it is published.
 const GATHER_AT_MOST: Duration = Duration::from_millis(500);
+/// First pause after an empty page that came back at once (see [`empty_page_pause`]).
+const FIRST_EMPTY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long to wait before reading again after `streak` empty pages in a row that the server
+/// returned at once instead of waiting up to [`CHANGE_WAIT`] for changes: a throttled Cosmos DB
+/// RU stream ("HTTP error code 16500 – When the change stream is throttled, it returns an
+/// empty page"), or a server that does not honour `maxAwaitTimeMS`. Doubling from
+/// [`FIRST_EMPTY_PAUSE`] up to `OUTBOX_POLL_MS`, so a throttled stream is not asked again at
+/// once, and an idle one costs few requests. The cursor stays where it was: nothing is skipped.
+fn empty_page_pause(streak: u32, poll: Duration) -> Duration {
+    let doublings = streak.saturating_sub(1).min(16);
+    FIRST_EMPTY_PAUSE
+        .saturating_mul(1 << doublings)
+        .min(poll.max(FIRST_EMPTY_PAUSE))
+}
 
 impl Relay {
     /// Reads the change stream until `shutdown`, or for `budget` when one is given (a timer
@@ -155,6 +170,8 @@ struct Gathered {
     events: Vec<OutboxEvent>,
     raw: Vec<Document>,
     ended: Option<String>,
+    /// The batch ended on an empty page the server returned at once (throttled).
+    empty_at_once: bool,
 }
 
 impl Reader<'_> {
@@ -179,6 +196,7 @@ impl Reader<'_> {
         }
         let mut saved_at = Instant::now();
         let mut requeue_checked: Option<Instant> = None;
+        let mut empty_streak = 0_u32;
         let needed = self
             .relay
             .settings
@@ -217,6 +235,21 @@ impl Reader<'_> {
                     saved_at = Instant::now();
                 }
             }
+            if batch.empty_at_once {
+                empty_streak = empty_streak.saturating_add(1);
+                let pause = empty_page_pause(empty_streak, self.relay.settings.poll);
+                tracing::debug!(
+                    empty_pages = empty_streak,
+                    pause_ms = millis(pause),
+                    "The change stream returned an empty page at once (throttled); waiting before reading on from the same position"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+            } else {
+                empty_streak = 0;
+            }
             if let Some(why) = batch.ended {
                 return Err(StreamError::PositionLost(format!(
                     "the change stream of {}.{} ended ({why}); changes after it are not in this stream. Delete the checkpoint document {:?} to start a new stream from the present (and publish the current documents with `handler outbox resync` if the gap matters)",
@@ -236,7 +269,12 @@ impl Reader<'_> {
         let limit = self.relay.settings.batch_size.get() as usize;
         let mut batch = Gathered::default();
         let (database, collection) = (self.store.database(), self.store.collection());
-        while let Some(read) = self.store.next(changes, &self.checkpoint).await? {
+        loop {
+            let asked = Instant::now();
+            let Some(read) = self.store.next(changes, &self.checkpoint).await? else {
+                batch.empty_at_once = asked.elapsed() < CHANGE_WAIT / 2;
+                break;
+            };
             match read {
                 Read::Change(change, raw) => {
                     batch
@@ -348,4 +386,22 @@ impl Reader<'_> {
 /// Milliseconds from `at` to `now`, 0 when `at` is later.
 fn lag_ms(now: DateTime<Utc>, at: DateTime<Utc>) -> u64 {
     u64::try_from((now - at).num_milliseconds()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_pages_at_once_are_waited_out_longer_each_time_up_to_the_poll() {
+        let poll = Duration::from_secs(1);
+        let pauses: Vec<u64> = (1..=7).map(|n| millis(empty_page_pause(n, poll))).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(empty_page_pause(u32::MAX, poll), poll);
+        // A poll shorter than the first pause does not make it spin.
+        assert_eq!(
+            empty_page_pause(1, Duration::from_millis(1)),
+            FIRST_EMPTY_PAUSE
+        );
+    }
 }

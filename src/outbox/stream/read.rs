@@ -53,6 +53,7 @@ impl ChangeStore {
         let mut watch = self
             .documents
             .watch()
+            .pipeline(super::target::pipeline(self.target))
             .full_document(FullDocumentType::UpdateLookup)
             .max_await_time(wait);
         if let Some(token) = &from.token {
@@ -136,11 +137,20 @@ pub(super) fn read_change(raw: &Document, now: DateTime<Utc>) -> Option<Read> {
         .map(|t| chrono_time(*t))
         .or_else(|| cluster_time.and_then(|t| DateTime::from_timestamp(i64::from(t.time), 0)))
         .unwrap_or(now);
+    let token = position_text(raw.get("_id")?);
+    // Cosmos DB RU gives every event of a page the same token (Microsoft Learn, "MongoDB
+    // extension commands": "they're all the same for each page"), so there the event's
+    // position also names the document: ids stay distinct within a page and stable on re-reads.
+    let position = if kind == ChangeKind::Changed {
+        format!("{token}\0{}", id.clone().into_relaxed_extjson())
+    } else {
+        token
+    };
     let change = StreamChange {
         kind,
         document_id: id_text(id),
         document: full.map(|d| Bson::Document(d.clone()).into_relaxed_extjson()),
-        position: position_text(raw.get("_id")?),
+        position,
         sequence: cluster_time.map(|t| (u64::from(t.time) << 32) | u64::from(t.increment)),
         at,
     };
@@ -207,6 +217,25 @@ mod tests {
             (c.kind, c.document_id.as_str(), c.at),
             (ChangeKind::Changed, "7", now())
         );
+    }
+
+    #[test]
+    fn changes_of_one_cosmos_ru_page_share_a_token_but_not_an_event_id() {
+        let change = |id: &str| {
+            let raw = doc! { "_id": { "_data": "page-1" }, "documentKey": { "_id": id }, "fullDocument": { "_id": id } };
+            let Some(Read::Change(c, _)) = read_change(&raw, now()) else {
+                panic!("a change")
+            };
+            c.event_id("db", "c")
+        };
+        assert_ne!(change("a"), change("b"));
+        assert_eq!(change("a"), change("a"), "the same on every reading");
+        // With an operationType (MongoDB, DocumentDB) the id is the token's alone, as before.
+        let raw = doc! { "_id": { "_data": "82ABC" }, "operationType": "insert", "documentKey": { "_id": "a" } };
+        let Some(Read::Change(c, _)) = read_change(&raw, now()) else {
+            panic!("a change")
+        };
+        assert_eq!(c.position, "82ABC");
     }
 
     #[test]
