@@ -208,9 +208,6 @@ pub(crate) fn check_open(body: &RawDocument) -> Option<Result<(), CosmosError>> 
     if options.get_bool("allChangesForCluster").unwrap_or(false) {
         return Some(Err(bad_value(SCOPE_ERROR)));
     }
-    if options.get_str("fullDocument").ok() != Some("updateLookup") {
-        return Some(Err(bad_value(FULL_DOCUMENT_ERROR)));
-    }
     let shaped = stages.len() == 3
         && stages[1]
             .as_document()
@@ -220,10 +217,12 @@ pub(crate) fn check_open(body: &RawDocument) -> Option<Result<(), CosmosError>> 
             .as_document()
             .and_then(|s| s.get_document("$project").ok())
             .is_some_and(is_mandatory_project);
-    Some(if shaped {
-        Ok(())
-    } else {
+    Some(if !shaped {
         Err(bad_value(SHAPE_ERROR))
+    } else if options.get_str("fullDocument").ok() != Some("updateLookup") {
+        Err(bad_value(FULL_DOCUMENT_ERROR))
+    } else {
+        Ok(())
     })
 }
 
