@@ -74,7 +74,11 @@ impl Relay {
                     total.merge(&run);
                     if matches!(
                         run.stopped,
-                        Some(StopReason::PositionLost(_) | StopReason::Misconfigured(_))
+                        Some(
+                            StopReason::PositionLost(_)
+                                | StopReason::Misconfigured(_)
+                                | StopReason::StreamRefused(_)
+                        )
                     ) {
                         break;
                     }
@@ -91,7 +95,8 @@ impl Relay {
                 () = shutdown.cancelled() => {}
             }
         }
-        if let Some(StopReason::PositionLost(why)) = &total.stopped {
+        if let Some(StopReason::PositionLost(why) | StopReason::StreamRefused(why)) = &total.stopped
+        {
             tracing::error!("The change stream stopped: {why}");
         }
         total.duration_ms = millis(started.elapsed());
@@ -136,6 +141,7 @@ impl Relay {
                 None
             }
             Err(StreamError::PositionLost(why)) => Some(StopReason::PositionLost(why)),
+            Err(StreamError::Refused(why)) => Some(StopReason::StreamRefused(why)),
             Err(StreamError::Db(e)) => {
                 tracing::warn!(error = %chain(&e), "The change stream failed; opening it again from the checkpoint");
                 Some(StopReason::Database(chain(&e)))

@@ -49,6 +49,10 @@ pub enum StreamError {
     /// invalidated: reading on would skip changes, so the reader stops.
     #[error("{0}")]
     PositionLost(String),
+    /// The server refused the stream as this target's rules open it: another target's rules
+    /// apply, and reading again would be refused again.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The change stream's collections for one watched collection.

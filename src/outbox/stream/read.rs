@@ -12,6 +12,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 
 use super::{ChangeStore, Checkpoint, StreamError, chrono_time};
+use crate::config::StreamTarget;
 use crate::db::{classify, error_code};
 use crate::domain::stream_change::{ChangeKind, StreamChange};
 use crate::outbox::{idempotency, store};
@@ -67,8 +68,18 @@ impl ChangeStore {
         }
     }
 
-    /// A stream error: a lost position is said as such, with the gap and the fix.
+    /// A stream error: a lost position is said as such, with the gap and the fix, and so is
+    /// a pipeline the server refuses as Cosmos DB for MongoDB RU does.
     fn failed(&self, e: mongodb::error::Error, from: &Checkpoint) -> StreamError {
+        if self.target != StreamTarget::CosmosRu && is_ru_pipeline_refusal(&e) {
+            return StreamError::Refused(format!(
+                "the server refused the change stream of {}.{} the way Cosmos DB for MongoDB RU refuses every pipeline but its own ({}): OUTBOX_CHANGE_STREAM_TARGET is {}; set it to cosmos-ru (or auto)",
+                self.database,
+                self.collection,
+                crate::telemetry::chain(&e),
+                self.target.as_str(),
+            ));
+        }
         match error_code(&e) {
             Some(code) if POSITION_LOST_CODES.contains(&code) => {
                 let since = from
@@ -101,6 +112,13 @@ impl ChangeStore {
             Err(e) => Err(self.failed(e, from)),
         }
     }
+}
+
+/// RU's answer to a change stream not of its mandatory shape: 2 `BadValue` "Change stream
+/// must be followed by a match and then a project stage" (as users of third-party tools
+/// report it; see `cosmos-proxy/src/change_stream.rs`).
+fn is_ru_pipeline_refusal(e: &mongodb::error::Error) -> bool {
+    error_code(e) == Some(2) && e.to_string().contains("must be followed by a match")
 }
 
 impl Changes {
