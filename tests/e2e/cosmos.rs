@@ -24,7 +24,7 @@ fn upstream() -> SocketAddr {
         .expect("OUTBOX_TEST_MONGODB_URI names 127.0.0.1:PORT")
 }
 
-async fn proxy() -> RunningProxy {
+pub async fn proxy() -> RunningProxy {
     cosmos_ru_proxy::start(
         // Fixed randomness: the throttle rate hits the same commands every run.
         ProxyConfig {
@@ -39,7 +39,7 @@ async fn proxy() -> RunningProxy {
 }
 
 /// App settings for a handler that reaches the database only through `proxy`.
-fn through(proxy: &RunningProxy, mut settings: Vec<(String, String)>) -> Vec<(String, String)> {
+pub fn through(proxy: &RunningProxy, mut settings: Vec<(String, String)>) -> Vec<(String, String)> {
     settings.retain(|(k, _)| k != "MONGODB_URI");
     settings.push(("MONGODB_URI".into(), proxy.uri("rs0")));
     settings
