@@ -9,9 +9,10 @@
 //! | no deletes | `delete` events are removed from batches; `postBatchResumeToken` is passed on unchanged, so a position saved after the batch is still after the removed event | same page ("the delete operation … not yet supported"); with the mandatory `$match` `mongod` never sends one, so this is a second fence |
 //! | throttled stream | [`ProxyHandle::throttle_change_stream_next`](crate::ProxyHandle::throttle_change_stream_next): the next `n` `getMore`s of such cursors are answered by the proxy, without being forwarded, with an *empty page*: `ok: 1`, `nextBatch: []`, the cursor's id and its last `postBatchResumeToken`. The cursor does not move, so nothing is lost; a reader that does not back off spins on empty pages | same page, "Error handling": "HTTP error code 16500 – When the change stream is throttled, it returns an empty page". A 16500 *error* answer to `getMore` (ok: 0) is the ordinary throttle ([`ProxyHandle::throttle_next`](crate::ProxyHandle::throttle_next) with [`Match`](crate::Match) on reads) |
 //!
-//! Not imitated: RU's resume tokens (Microsoft's custom-commands page shows every event of a
-//! page carrying the same token), `NamespaceNotFound` for a missing collection, per-partition
-//! tokens (`GetChangeStreamTokens`), coalescing of repeated updates.
+//! | one token per page | every event of a batch gets the batch's `postBatchResumeToken` as its `_id` (resuming after it skips the whole page); [`ProxyHandle::set_change_stream_page_tokens`](crate::ProxyHandle::set_change_stream_page_tokens), on by default | Microsoft Learn, "Use MongoDB extension commands…", "Parallelizing change streams": "Each document returned includes a resume token (they're all the same for each page)"; that it is the position *after* the page is inferred from the example (its token is later than the one the stream was opened with) |
+//!
+//! Not imitated: `NamespaceNotFound` for a missing collection, per-partition tokens
+//! (`GetChangeStreamTokens`), coalescing of repeated updates (inferred, n/v).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -67,6 +68,7 @@ pub struct ChangeStreamStats {
 #[derive(Debug)]
 struct Inner {
     enabled: bool,
+    page_tokens: bool,
     throttle_next: u64,
     /// Open RU change-stream cursors: id → `(namespace, last postBatchResumeToken)`.
     cursors: HashMap<i64, (String, Option<Bson>)>,
@@ -84,6 +86,7 @@ impl Default for Streams {
         Self {
             inner: Mutex::new(Inner {
                 enabled: true,
+                page_tokens: true,
                 throttle_next: 0,
                 cursors: HashMap::new(),
                 stats: ChangeStreamStats::default(),
@@ -102,6 +105,11 @@ impl Streams {
     /// Turns the rules on or off (on by default).
     pub(crate) fn set_enabled(&self, enabled: bool) {
         self.lock().enabled = enabled;
+    }
+
+    /// Whether every event of a batch carries the batch's token (on by default).
+    pub(crate) fn set_page_tokens(&self, on: bool) {
+        self.lock().page_tokens = on;
     }
 
     /// Answers the next `n` `getMore`s of RU change-stream cursors with an empty page.
@@ -162,7 +170,8 @@ impl Streams {
     /// its cursor (`asked`), and remembers the cursor (or forgets it once exhausted or gone).
     pub(crate) fn on_reply(&self, reply: &mut Document, asked: Option<i64>) {
         let mut inner = self.lock();
-        let Some(seen) = rewrite_batch(reply) else {
+        let page_tokens = inner.page_tokens;
+        let Some(seen) = rewrite_batch(reply, page_tokens) else {
             // An error (the cursor is gone, or the stream failed): ask nothing more of it.
             if let Some(id) = asked {
                 inner.cursors.remove(&id);
@@ -304,8 +313,9 @@ struct Seen {
 }
 
 /// Removes deletes and strips `operationType` / `updateDescription` in `cursor.firstBatch` or
-/// `cursor.nextBatch`; `None` when the reply has no cursor (an error).
-fn rewrite_batch(reply: &mut Document) -> Option<Seen> {
+/// `cursor.nextBatch`, and with `page_tokens` gives every event the batch's
+/// `postBatchResumeToken` as its `_id`; `None` when the reply has no cursor (an error).
+fn rewrite_batch(reply: &mut Document, page_tokens: bool) -> Option<Seen> {
     let cursor = reply.get_document_mut("cursor").ok()?;
     let mut seen = Seen {
         cursor_id: cursor.get_i64("id").unwrap_or(0),
@@ -327,6 +337,9 @@ fn rewrite_batch(reply: &mut Document) -> Option<Seen> {
         seen.deletes_removed += (before - batch.len()) as u64;
         for event in batch.iter_mut() {
             if let Some(event) = event.as_document_mut() {
+                if page_tokens && let Some(token) = &seen.post_batch_token {
+                    event.insert("_id", token.clone());
+                }
                 let had_type = event.remove("operationType").is_some();
                 let had_description = event.remove("updateDescription").is_some();
                 if had_type || had_description {
@@ -534,6 +547,27 @@ mod tests {
             (stats.deletes_removed, stats.events_stripped, stats.batches),
             (2, 3, 2)
         );
+        // Every event of the page carries the page's token.
+        for e in cursor.get_array("nextBatch").unwrap() {
+            assert_eq!(
+                e.as_document().unwrap().get_document("_id").unwrap(),
+                &doc! { "_data": "p2" }
+            );
+        }
+        streams.set_page_tokens(false);
+        let mut own = batch_reply("nextBatch", 42, vec![event("insert", "f")], "p4");
+        streams.on_reply(&mut own, Some(42));
+        let kept = own
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()[0]
+            .as_document()
+            .unwrap()
+            .get_document("_id")
+            .unwrap()
+            .clone();
+        assert_eq!(kept, doc! { "_data": "t-f" });
 
         // A batch of deletes only becomes an empty page that still moves the position.
         let mut deletes = batch_reply("nextBatch", 42, vec![event("delete", "e")], "p3");

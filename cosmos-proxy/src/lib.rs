@@ -21,7 +21,8 @@
 //!    refused (`ProxyConfig::ttl_only_on_ts`, on by default).
 //! 7. **Change streams** ([`change_stream`]): only RU's mandatory pipeline is accepted (others
 //!    are refused with RU's `BadValue`); events in the cursor's batches lose `operationType`
-//!    and `updateDescription`, deletes are removed; a throttled `getMore` gets an empty page
+//!    and `updateDescription`, deletes are removed, every event of a batch carries the
+//!    batch's token; a throttled `getMore` gets an empty page
 //!    ([`ProxyHandle::throttle_change_stream_next`]).
 //! 8. **`customAction: GetCollection`** is answered as RU answers it, so that code probing for
 //!    Cosmos DB RU finds it (`custom_action`).
@@ -405,6 +406,12 @@ impl ProxyHandle {
     /// [`reset_stats`](Self::reset_stats).
     pub fn change_stream_stats(&self) -> ChangeStreamStats {
         self.shared.streams.stats()
+    }
+
+    /// Whether every event of a change-stream batch carries the batch's
+    /// `postBatchResumeToken` as its `_id`, as RU's pages share one token (on by default).
+    pub fn set_change_stream_page_tokens(&self, on: bool) {
+        self.shared.streams.set_page_tokens(on);
     }
 
     /// Turns Cosmos DB RU's change-stream rules on or off (on by default); off, change streams
