@@ -214,3 +214,58 @@ async fn throttled_empty_pages_and_16500_errors_mid_stream_lose_and_repeat_nothi
     assert_eq!(rx.handle().stats().accepted_events, 40);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cosmos_ru_a_reader_killed_mid_page_loses_nothing_and_repeats_with_the_same_ids() {
+    let proxy = proxy().await;
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    // Answers take a moment, so kills land while a page is being published.
+    rx.handle().set_latency(Some(Duration::from_millis(30)));
+    // Every change of a page carries the page's token (on by default; said for the reader).
+    proxy.handle().set_change_stream_page_tokens(true);
+    let settings = through(
+        &proxy,
+        stream_settings(&db, &rx, &[("OUTBOX_CHANGE_STREAM_TARGET", "cosmos-ru")]),
+    );
+    let docs = db.documents();
+    let mut inserted = 0_usize;
+    for _ in 0..3 {
+        let h = Handler::standalone(&settings).await;
+        wait_for_position(&db, &h).await;
+        // One write of 40 documents: pages of many changes, published 10 at a time
+        // (OUTBOX_BATCH_SIZE), so the reader is killed with a page half published.
+        let batch: Vec<_> = (inserted..inserted + 40)
+            .map(|i| doc! { "_id": format!("p-{i}") })
+            .collect();
+        docs.insert_many(batch).await.unwrap();
+        inserted += 40;
+        let seen = rx.handle().stats().accepted_events;
+        rx.handle()
+            .wait_for_events(seen + rand::random_range(10..30), Duration::from_secs(10))
+            .await;
+        h.sigkill();
+        let mut h = h;
+        h.kill().await;
+    }
+    rx.handle().clear_faults();
+    let last = Handler::standalone(&settings).await;
+    wait_for_subjects(&rx, inserted, &last).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let by_subject = deliveries(&rx);
+    let c = &db.settings.collection;
+    let lost: Vec<String> = (0..inserted)
+        .map(|i| format!("{c}/p-{i}"))
+        .filter(|s| !by_subject.contains_key(s))
+        .collect();
+    assert!(lost.is_empty(), "lost: {lost:?}\n{}", last.output());
+    // A page read again after a kill gives its changes the ids they had: consumers drop the
+    // repeats.
+    let renamed: Vec<_> = by_subject
+        .iter()
+        .filter(|(_, ids)| ids.iter().any(|id| id != &ids[0]))
+        .collect();
+    assert!(renamed.is_empty(), "repeated with another id: {renamed:?}");
+    db.drop().await;
+}
