@@ -220,7 +220,7 @@ fn is_ru_pipeline_refusal(e: &mongodb::error::Error) -> bool {
 impl Changes {
     /// The position after the last change returned (or the server's scan position when the
     /// last batch was empty); on Cosmos DB RU the end of the last page read to its end (see
-    /// [`Pages`]).
+    /// `Pages`).
     #[must_use]
     pub fn position(&self) -> Option<ResumeToken> {
         match &self.pages {
