@@ -162,6 +162,17 @@ impl Streams {
                 }
                 StreamAction::Rewrite(Some(id))
             }
+            "killCursors" => {
+                // The driver closes a stream it drops: forget its cursor.
+                if let Ok(ids) = body.get_array("cursors") {
+                    for id in ids.into_iter().flatten() {
+                        if let Some(id) = id.as_i64() {
+                            inner.cursors.remove(&id);
+                        }
+                    }
+                }
+                StreamAction::Pass
+            }
             _ => StreamAction::Pass,
         }
     }
@@ -603,6 +614,12 @@ mod tests {
         assert_eq!(streams.stats().throttled_pages, 1);
         // An exhausted cursor is forgotten.
         streams.on_reply(&mut batch_reply("nextBatch", 0, vec![], "p2"), Some(42));
+        assert_eq!(streams.on_command("getMore", &get_more), StreamAction::Pass);
+        // So is a killed one.
+        streams.on_reply(&mut batch_reply("firstBatch", 43, vec![], "p1"), None);
+        let kill = raw(&doc! { "killCursors": "c", "cursors": [43_i64], "$db": "d" });
+        assert_eq!(streams.on_command("killCursors", &kill), StreamAction::Pass);
+        let get_more = raw(&doc! { "getMore": 43_i64, "collection": "c", "$db": "d" });
         assert_eq!(streams.on_command("getMore", &get_more), StreamAction::Pass);
     }
 }
