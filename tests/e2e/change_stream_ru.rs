@@ -269,3 +269,34 @@ async fn on_cosmos_ru_a_reader_killed_mid_page_loses_nothing_and_repeats_with_th
     assert!(renamed.is_empty(), "repeated with another id: {renamed:?}");
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_functions_host_on_cosmos_ru_each_invocation_goes_on_from_the_last_page_read() {
+    let proxy = proxy().await;
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let h = Handler::functions(&through(
+        &proxy,
+        stream_settings(
+            &db,
+            &rx,
+            &[
+                ("OUTBOX_CHANGE_STREAM_TARGET", "cosmos-ru"),
+                ("OUTBOX_TIME_BUDGET_SECS", "2"),
+            ],
+        ),
+    ))
+    .await;
+    assert_eq!(h.tick().await.status, 200);
+    wait_for_position(&db, &h).await;
+    // A page of 25 changes made between invocations, published 10 at a time by the next one.
+    let batch: Vec<_> = (0..25).map(|i| doc! { "_id": format!("f-{i}") }).collect();
+    db.documents().insert_many(batch).await.unwrap();
+    let r = h.tick().await;
+    assert_eq!(r.status, 200, "{:?}", r.logs());
+    assert_eq!(rx.handle().stats().accepted_events, 25, "{}", h.output());
+    // The next invocation starts after that page: nothing is published twice.
+    assert_eq!(h.tick().await.status, 200);
+    assert_eq!(rx.handle().stats().accepted_events, 25, "{}", h.output());
+    db.drop().await;
+}
