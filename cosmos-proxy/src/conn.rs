@@ -21,6 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::change_stream::StreamAction;
 use crate::cosmos::{CommandInfo, abort_command, reply_is_ok};
 use crate::sharding::Translate;
 use crate::state::{Decision, Shared, TxnKey};
@@ -49,6 +50,9 @@ enum ReplyAction {
     Swallow(oneshot::Sender<Message>),
     /// The reply to a command sent in place of a custom one: answer as Cosmos DB would.
     Translate(crate::sharding::Translate),
+    /// A batch of a Cosmos DB RU change stream: apply RU's output rules (the `getMore`'s
+    /// cursor id, `None` for the opening `aggregate`).
+    StreamBatch(Option<i64>),
     /// Possibly replace the reply; possibly record a commit's outcome.
     Intercept {
         replace: Option<(crate::cosmos::CosmosError, Duration, String)>,
@@ -158,7 +162,7 @@ impl Conn {
         msg: Message,
         upstream: &mut OwnedWriteHalf,
     ) -> Result<(), ConnError> {
-        let (flags, info, translate) = match wire::parse_op_msg(&msg.bytes) {
+        let (flags, info, translate, stream) = match wire::parse_op_msg(&msg.bytes) {
             Ok(op) => {
                 let sequences = op.document_sequences;
                 self.shared.with_stats(|s| {
@@ -174,7 +178,8 @@ impl Conn {
                     || wire::document_sequences(&msg.bytes).unwrap_or_default(),
                     || self.shared.activity_id(),
                 );
-                (op.flags, info, Translate::of(op.body))
+                let stream = self.shared.streams.on_command(&info.name, op.body);
+                (op.flags, info, Translate::of(op.body), stream)
             }
             Err(error) => {
                 tracing::debug!(%error, "Unparsable OP_MSG passed through");
@@ -203,7 +208,34 @@ impl Conn {
             self.shared.with_stats(|s| s.commands_forwarded += 1);
             return Ok(());
         }
+        let rewrite_stream = match stream {
+            StreamAction::Pass => None,
+            StreamAction::Rewrite(cursor) => Some(cursor),
+            StreamAction::Refuse(error) => {
+                tracing::info!(
+                    code = error.code,
+                    "Refused a change stream the way Cosmos DB RU would"
+                );
+                return self
+                    .answer(&msg, expects_reply, &error.reply(&info.name))
+                    .await;
+            }
+            StreamAction::Answer(page) => {
+                tracing::debug!(command = %info.name, "Answered a command the way Cosmos DB RU would");
+                return self.answer(&msg, expects_reply, &page).await;
+            }
+        };
         match self.shared.decide(&info) {
+            Decision::Forward {
+                replace: None,
+                commit_of: None,
+            } if expects_reply && rewrite_stream.is_some() => {
+                self.pending().insert(
+                    msg.header.request_id,
+                    ReplyAction::StreamBatch(rewrite_stream.flatten()),
+                );
+                self.forward(&msg, upstream).await?;
+            }
             Decision::Forward { replace, commit_of } => {
                 if expects_reply && (replace.is_some() || commit_of.is_some()) {
                     let replace = replace.map(|(error, delay)| (error, delay, info.name.clone()));
@@ -236,6 +268,25 @@ impl Conn {
                     self.to_client(&reply).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Answers `msg` with `body` instead of `mongod` (when it expects a reply).
+    async fn answer(
+        &self,
+        msg: &Message,
+        expects_reply: bool,
+        body: &Document,
+    ) -> Result<(), ConnError> {
+        if expects_reply {
+            let reply = wire::build_op_msg(
+                self.shared.next_request_id(),
+                msg.header.request_id,
+                0,
+                body,
+            )?;
+            self.to_client(&reply).await?;
         }
         Ok(())
     }
@@ -307,6 +358,16 @@ impl Conn {
                     };
                     self.to_client(&bytes).await?;
                 }
+                Some(ReplyAction::StreamBatch(asked)) => {
+                    let bytes = match rewrite_stream_batch(&self.shared, &msg, asked) {
+                        Ok(bytes) => bytes,
+                        Err(error) => {
+                            tracing::debug!(%error, "Unparsable change-stream reply passed through");
+                            msg.bytes
+                        }
+                    };
+                    self.to_client(&bytes).await?;
+                }
                 Some(ReplyAction::Intercept { replace, commit_of }) => {
                     if let Some(key) = commit_of {
                         let ok =
@@ -347,6 +408,23 @@ fn log_abort_reply(reply: &Message, txn_number: i64) {
         }
         Err(error) => tracing::debug!(txn_number, %error, "Unparsable abortTransaction reply"),
     }
+}
+
+/// A change stream's reply with Cosmos DB RU's output rules applied.
+fn rewrite_stream_batch(
+    shared: &Shared,
+    msg: &Message,
+    asked: Option<i64>,
+) -> Result<Vec<u8>, WireError> {
+    let op = wire::parse_op_msg(&msg.bytes)?;
+    let mut doc = Document::try_from(op.body)?;
+    shared.streams.on_reply(&mut doc, asked);
+    wire::build_op_msg(
+        msg.header.request_id,
+        msg.header.response_to,
+        op.flags,
+        &doc,
+    )
 }
 
 /// The rewritten bytes of a `hello` reply, or `None` when it is not one.

@@ -27,6 +27,11 @@
 //!    findAndModify whose filter does not name it, are refused (61 `ShardKeyNotFound`).
 //! 8. **Document size**: an inserted or replacing document over 2 MB is refused (16,
 //!    `RequestEntityTooLarge`; `ProxyConfig::max_document_bytes`).
+//! 9. **Change streams** ([`change_stream`]): only RU's mandatory pipeline is accepted (others
+//!    are refused with RU's `BadValue`); events in the cursor's batches lose `operationType`
+//!    and `updateDescription`, deletes are removed, every event of a batch carries the
+//!    batch's token; a throttled `getMore` gets an empty page
+//!    ([`ProxyHandle::throttle_change_stream_next`]).
 //!
 //! The exact error documents, and which parts come from Microsoft's documentation and which
 //! are inferred, are in [`cosmos`].
@@ -36,6 +41,7 @@
 //! - [`config`]: [`ProxyConfig`], [`Match`], [`TxnErrorStyle`].
 //! - [`cosmos`]: Cosmos DB's codes and error documents; which commands each rule applies to.
 //! - [`sharding`]: sharded collections (custom commands, shard key rules) and the size limit.
+//! - [`change_stream`]: RU's change-stream rules, their sources, [`ChangeStreamStats`].
 //! - [`stats`]: [`ProxyStats`] and the per-transaction log ([`TxnRecord`]).
 //! - `wire` (private): message framing, `OP_MSG`/`OP_QUERY`/`OP_REPLY`, `hello` rewriting.
 //! - `state` (private): the transaction table and the rules, shared by all connections.
@@ -57,6 +63,7 @@
 //! # }
 //! ```
 
+pub mod change_stream;
 pub mod config;
 mod conn;
 pub mod cosmos;
@@ -74,6 +81,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub use change_stream::ChangeStreamStats;
 pub use config::{DEFAULT_RETRY_AFTER_MS, DEFAULT_TXN_LIMIT, Match, ProxyConfig, TxnErrorStyle};
 pub use stats::{ProxyStats, TxnOutcome, TxnRecord, WireStats};
 
@@ -288,15 +296,18 @@ impl ProxyHandle {
     /// untracked: their later commands are only subject to throttling and error 50.
     pub fn reset_stats(&self) {
         self.shared.reset_stats();
+        self.shared.streams.reset_stats();
     }
 
-    /// Turns every fault off: throttle rate 0, no scheduled 16500s or error 50s.
+    /// Turns every fault off: throttle rate 0, no scheduled 16500s, error 50s or throttled
+    /// change-stream pages.
     pub fn clear_faults(&self) {
         self.shared.update(|config, throttle_next, error50_next| {
             config.throttle_rate = 0.0;
             *throttle_next = 0;
             *error50_next = 0;
         });
+        self.shared.streams.throttle_next(0);
     }
 
     /// [`reset_stats`](Self::reset_stats) and [`clear_faults`](Self::clear_faults).
@@ -402,6 +413,36 @@ impl ProxyHandle {
         self.shared
             .update(|config, _, _| config.max_document_bytes = max);
         self.shared.shards.set_max_bytes(max);
+    }
+
+    /// Answers the next `n` `getMore`s on change streams with what a throttled Cosmos DB RU
+    /// stream returns: an empty page (16500 underneath), the cursor left where it was. Replaces
+    /// any schedule still pending. See [`change_stream`].
+    pub fn throttle_change_stream_next(&self, n: u64) {
+        self.shared.streams.throttle_next(n);
+    }
+
+    /// Throttled change-stream pages still to come.
+    pub fn pending_change_stream_throttles(&self) -> u64 {
+        self.shared.streams.pending_throttles()
+    }
+
+    /// What the change-stream rules did since start or the last
+    /// [`reset_stats`](Self::reset_stats).
+    pub fn change_stream_stats(&self) -> ChangeStreamStats {
+        self.shared.streams.stats()
+    }
+
+    /// Whether every event of a change-stream batch carries the batch's
+    /// `postBatchResumeToken` as its `_id`, as RU's pages share one token (on by default).
+    pub fn set_change_stream_page_tokens(&self, on: bool) {
+        self.shared.streams.set_page_tokens(on);
+    }
+
+    /// Turns Cosmos DB RU's change-stream rules on or off (on by default); off, change streams
+    /// pass through as to `mongod`.
+    pub fn set_change_stream_rules(&self, on: bool) {
+        self.shared.streams.set_enabled(on);
     }
 
     /// Sets the wording of "transaction is not active" errors.

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub(crate) advertised: String,
     /// Sharded namespaces and the document size limit ([`crate::sharding`]).
     pub(crate) shards: Shards,
+    /// Cosmos DB RU's change-stream rules (their own lock).
+    pub(crate) streams: crate::change_stream::Streams,
     /// Request ids for messages the proxy makes up; negative so they never collide with a
     /// driver's (which count up from 0 or 1).
     next_id: AtomicI32,
@@ -447,6 +449,7 @@ impl Shared {
                 rng: Rng(seed),
             }),
             advertised,
+            streams: crate::change_stream::Streams::default(),
             next_id: AtomicI32::new(-1),
         }
     }

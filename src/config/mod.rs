@@ -29,6 +29,7 @@
 //! | `OUTBOX_EMBEDDED_MAX_DOCUMENT_BYTES` | the server's | `embedded`: largest stored document (beyond: 413) |
 //! | `OUTBOX_IDEMPOTENCY_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
 //! | `OUTBOX_SOURCE` | `outbox` | `change-stream`: publish one event per change to `MONGODB_COLLECTION` by anyone, from a change stream |
+//! | `OUTBOX_CHANGE_STREAM_TARGET` | `auto` | whose change-stream rules apply: `mongodb`, `documentdb`, `cosmos-ru` or `auto` (host name, else the server) |
 //! | `OUTBOX_ORDERING` | `none` | `subject`: never publish before an older unpublished entry of the same subject |
 //! | `OUTBOX_EVENT_TYPE_PREFIX` | `CosmosDB` | event types `<prefix>.DocumentCreated/Replaced/Deleted` |
 //! | `OUTBOX_EVENT_TYPE` | — | one fixed `eventType` for every change instead (e.g. `CosmosDB.DocumentChanged`) |
@@ -69,7 +70,7 @@ pub use self::eventgrid::{CredentialKind, EventGridAuth, EventGridSettings, Even
 pub use self::metrics::{MetricsSettings, OtlpSettings};
 pub use self::mongo::{MongoSettings, PlacementSetting};
 pub use self::relay::{LEASE_MARGIN_DIVISOR, RelaySettings};
-pub use self::source::EventSource;
+pub use self::source::{EventSource, StreamTarget};
 use crate::domain::EventTypes;
 
 /// The largest batch Event Grid accepts in one request.

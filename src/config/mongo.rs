@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::embedded::EmbeddedSettings;
-use super::{ConfigError, Env, EventSource, ttl_hours};
+use super::{ConfigError, Env, EventSource, StreamTarget, ttl_hours};
 use crate::domain::document::RESERVED_FIELDS;
 
 /// Where outbox entries live, as configured.
@@ -65,6 +65,9 @@ pub struct MongoSettings {
     /// `OUTBOX_SOURCE`: with a change stream, a write stores only the document, and the
     /// operator commands work on the change stream's dead letters.
     pub source: EventSource,
+    /// `OUTBOX_CHANGE_STREAM_TARGET`: whose change-stream rules apply; `None` (`auto`) decides
+    /// at start-up from the host name or the server.
+    pub stream_target: Option<StreamTarget>,
     /// The `embedded` placement's bounds (`OUTBOX_EMBEDDED_*`).
     pub embedded: EmbeddedSettings,
 }
@@ -111,6 +114,7 @@ impl MongoSettings {
         let shard_key = shard_key_from_env(env)?;
         let idempotency_ttl = ttl_hours(env, "OUTBOX_IDEMPOTENCY_HOURS", 24)?;
         let ordered_by_subject = ordered_by_subject_from_env(env)?;
+        let stream_target = super::source::target_from_env(env, &uri)?;
         Ok(Self {
             uri: SecretString::from(uri),
             database,
@@ -121,6 +125,7 @@ impl MongoSettings {
             idempotency_ttl,
             ordered_by_subject,
             source: super::source::from_env(env)?,
+            stream_target,
             embedded: EmbeddedSettings::from_env(env)?,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
             retention,

@@ -95,8 +95,10 @@ pub struct StreamChange {
     pub document_id: String,
     /// The document after the change, where the server gives it, as JSON.
     pub document: Option<serde_json::Value>,
-    /// The change's resume token (`_id._data`, or the token as JSON where it has no `_data`):
-    /// what the event id is derived from.
+    /// What the event id is derived from: the change's resume token (`_id._data`, or the
+    /// token as JSON where it has no `_data`); on Cosmos DB RU, whose pages share one token,
+    /// where the page started, the document key, the document's content and its occurrence in
+    /// the page (`outbox/stream/read.rs`).
     pub position: String,
     /// The change's cluster time as `seconds << 32 | increment`, where the server gives it:
     /// orders the changes of the collection (the CloudEvents `sequence`).

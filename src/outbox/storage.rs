@@ -10,9 +10,9 @@ use tokio::sync::OnceCell;
 use super::Placement;
 use super::placement;
 use super::store::{Expiry, OutboxStore, RelayStore};
-use super::stream::ChangeStore;
+use super::stream::{self, ChangeStore};
 use super::write::PlacementStore;
-use crate::config::MongoSettings;
+use crate::config::{MongoSettings, StreamTarget};
 use crate::db::{Db, DbError};
 
 /// The storage, prepared on first use.
@@ -25,6 +25,8 @@ use crate::db::{Db, DbError};
 pub struct Storage {
     db: Db,
     prepared: OnceCell<Prepared>,
+    /// Whose change-stream rules apply, decided on first use of the change stream.
+    stream_target: OnceCell<StreamTarget>,
 }
 
 /// What preparation settled.
@@ -61,6 +63,7 @@ impl Storage {
         Self {
             db,
             prepared: OnceCell::new(),
+            stream_target: OnceCell::new(),
         }
     }
 
@@ -71,14 +74,19 @@ impl Storage {
     }
 
     /// The change-stream source's storage (`OUTBOX_SOURCE=change-stream`), once the
-    /// collections are in place.
+    /// collections are in place and the target (`OUTBOX_CHANGE_STREAM_TARGET`) is decided: the
+    /// first call logs the choice and what the target cannot deliver.
     ///
     /// # Errors
-    /// As [`Storage::ready`].
+    /// As [`Storage::ready`], or when `auto` cannot ask the server yet.
     pub async fn change_store(&self) -> Result<ChangeStore, DbError> {
         self.ready().await?;
+        let target = *self
+            .stream_target
+            .get_or_try_init(|| stream::target::resolve(&self.db))
+            .await?;
         let database = self.db.database().await?;
-        Ok(ChangeStore::new(&database, self.settings()))
+        Ok(ChangeStore::new(&database, self.settings(), target))
     }
 
     /// The storage, with the placement decided and collections and indexes in place.

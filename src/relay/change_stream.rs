@@ -20,16 +20,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::Relay;
 use super::change_batch::ChangeBatch;
+use super::change_feed::ChangeFeed;
 use super::report::{RelayReport, StopReason};
 use super::time::{far_future, instant_after, millis};
 use crate::config::LEASE_MARGIN_DIVISOR;
 use crate::domain::{EventId, OutboxEvent};
-use crate::outbox::stream::{ChangeStore, Changes, Checkpoint, Lease, Read, StreamError};
+use crate::outbox::stream::{ChangeStore, Checkpoint, Lease, Read, StreamError};
 use crate::telemetry::chain;
 
 /// Longest wait of one read for new changes (the stream's `maxAwaitTime`): how often an idle
 /// reader looks, and how long a batch's first change may be waited for.
 const CHANGE_WAIT: Duration = Duration::from_millis(200);
+/// First pause after an empty page that came back at once (see [`empty_page_pause`]).
+const FIRST_EMPTY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long to wait before reading again after `streak` empty pages in a row that the server
+/// returned at once instead of waiting up to [`CHANGE_WAIT`] for changes: a throttled Cosmos DB
+/// RU stream ("HTTP error code 16500 – When the change stream is throttled, it returns an
+/// empty page"), or a server that does not honour `maxAwaitTimeMS`. Doubling from
+/// [`FIRST_EMPTY_PAUSE`] up to `OUTBOX_POLL_MS`, so a throttled stream is not asked again at
+/// once, and an idle one costs few requests. The cursor stays where it was: nothing is skipped.
+fn empty_page_pause(streak: u32, poll: Duration) -> Duration {
+    let doublings = streak.saturating_sub(1).min(16);
+    FIRST_EMPTY_PAUSE
+        .saturating_mul(1 << doublings)
+        .min(poll.max(FIRST_EMPTY_PAUSE))
+}
 
 impl Relay {
     /// Reads the change stream until `shutdown`, or for `budget` when one is given (a timer
@@ -57,7 +73,11 @@ impl Relay {
                     total.merge(&run);
                     if matches!(
                         run.stopped,
-                        Some(StopReason::PositionLost(_) | StopReason::Misconfigured(_))
+                        Some(
+                            StopReason::PositionLost(_)
+                                | StopReason::Misconfigured(_)
+                                | StopReason::StreamRefused(_)
+                        )
                     ) {
                         break;
                     }
@@ -74,7 +94,8 @@ impl Relay {
                 () = shutdown.cancelled() => {}
             }
         }
-        if let Some(StopReason::PositionLost(why)) = &total.stopped {
+        if let Some(StopReason::PositionLost(why) | StopReason::StreamRefused(why)) = &total.stopped
+        {
             tracing::error!("The change stream stopped: {why}");
         }
         total.duration_ms = millis(started.elapsed());
@@ -119,6 +140,7 @@ impl Relay {
                 None
             }
             Err(StreamError::PositionLost(why)) => Some(StopReason::PositionLost(why)),
+            Err(StreamError::Refused(why)) => Some(StopReason::StreamRefused(why)),
             Err(StreamError::Db(e)) => {
                 tracing::warn!(error = %chain(&e), "The change stream failed; opening it again from the checkpoint");
                 Some(StopReason::Database(chain(&e)))
@@ -153,13 +175,16 @@ struct Gathered {
     events: Vec<OutboxEvent>,
     raw: Vec<Document>,
     ended: Option<String>,
+    /// The batch ended on an empty page the server returned at once (throttled).
+    empty_at_once: bool,
 }
 
 impl Reader<'_> {
     /// Reads and publishes batch after batch while the lease, the budget and the stream last.
     /// `Ok` when the budget ended or shutdown began; the report says why a batch stopped.
     async fn follow(&mut self) -> Result<(), StreamError> {
-        let mut changes = self.store.open(&self.checkpoint, CHANGE_WAIT).await?;
+        let opened = self.store.open(&self.checkpoint, CHANGE_WAIT).await?;
+        let mut changes = ChangeFeed::start(self.store.clone(), opened, self.checkpoint.clone());
         if !self.checkpoint.is_set() {
             // The first reader ever starts at the present: save it at once, so a crash before
             // the first change cannot move the start past changes made meanwhile.
@@ -177,6 +202,7 @@ impl Reader<'_> {
         }
         let mut saved_at = Instant::now();
         let mut requeue_checked: Option<Instant> = None;
+        let mut empty_streak = 0_u32;
         let needed = self
             .relay
             .settings
@@ -215,6 +241,21 @@ impl Reader<'_> {
                     saved_at = Instant::now();
                 }
             }
+            if batch.empty_at_once {
+                empty_streak = empty_streak.saturating_add(1);
+                let pause = empty_page_pause(empty_streak, self.relay.settings.poll);
+                tracing::debug!(
+                    empty_pages = empty_streak,
+                    pause_ms = millis(pause),
+                    "The change stream returned an empty page at once (throttled); waiting before reading on from the same position"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+            } else {
+                empty_streak = 0;
+            }
             if let Some(why) = batch.ended {
                 return Err(StreamError::PositionLost(format!(
                     "the change stream of {}.{} ended ({why}); changes after it are not in this stream. Delete the checkpoint document {:?} to start a new stream from the present (and publish the current documents with `handler outbox resync` if the gap matters)",
@@ -231,24 +272,27 @@ impl Reader<'_> {
     /// after it, what arrives within `OUTBOX_LINGER_MS` joins the batch (as on the push path),
     /// until the batch is full or the stream ends.
     ///
-    /// A read cut short by the linger leaves its `getMore` in flight inside the driver's cursor
-    /// (the cursor keeps the pending request, so dropping the read loses nothing): the next
-    /// batch's first read picks it up.
-    async fn gather(&self, changes: &mut Changes) -> Result<Gathered, StreamError> {
+    /// The stream is read by its own task ([`ChangeFeed`]), so cutting the wait short at the
+    /// linger's end never drops a read half done.
+    async fn gather(&self, changes: &mut ChangeFeed) -> Result<Gathered, StreamError> {
         let limit = self.relay.settings.batch_size.get() as usize;
         let mut batch = Gathered::default();
         let mut linger_end: Option<Instant> = None;
         let (database, collection) = (self.store.database(), self.store.collection());
         loop {
-            let next = self.store.next(changes, &self.checkpoint);
-            let read = match linger_end {
-                None => next.await?,
-                Some(end) => match tokio::time::timeout_at(end, next).await {
-                    Ok(read) => read?,
+            let next = match linger_end {
+                None => changes.next().await?,
+                // Cancel-safe: a read not taken now is the next batch's first.
+                Some(end) => match tokio::time::timeout_at(end, changes.next()).await {
+                    Ok(next) => next?,
                     Err(_lingered) => break,
                 },
             };
-            let Some(read) = read else { break };
+            let Some(read) = next.read else {
+                // Nothing within the wait; an empty page at once is a throttled stream.
+                batch.empty_at_once = batch.events.is_empty() && next.took < CHANGE_WAIT / 2;
+                break;
+            };
             match read {
                 Read::Change(change, raw) => {
                     batch
@@ -358,4 +402,22 @@ impl Reader<'_> {
 /// Milliseconds from `at` to `now`, 0 when `at` is later.
 fn lag_ms(now: DateTime<Utc>, at: DateTime<Utc>) -> u64 {
     u64::try_from((now - at).num_milliseconds()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_pages_at_once_are_waited_out_longer_each_time_up_to_the_poll() {
+        let poll = Duration::from_secs(1);
+        let pauses: Vec<u64> = (1..=7).map(|n| millis(empty_page_pause(n, poll))).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(empty_page_pause(u32::MAX, poll), poll);
+        // A poll shorter than the first pause does not make it spin.
+        assert_eq!(
+            empty_page_pause(1, Duration::from_millis(1)),
+            FIRST_EMPTY_PAUSE
+        );
+    }
 }

@@ -30,6 +30,7 @@
 
 mod backlog;
 mod change_batch;
+mod change_feed;
 mod change_stream;
 mod in_flight;
 mod push;

@@ -23,6 +23,10 @@ pub enum StopReason {
     /// was invalidated: the reader stopped rather than skip changes (the detail names the gap
     /// and the fix).
     PositionLost(String),
+    /// The server refused the change stream as opened (another target's pipeline, e.g. an
+    /// ordinary stream on Cosmos DB for MongoDB RU): the reader stopped; the detail names the
+    /// setting to change.
+    StreamRefused(String),
     /// A batch task panicked (a bug). Its entries stay claimed until their lease runs out, then
     /// they are published again.
     Panicked(String),
@@ -72,6 +76,7 @@ impl RelayReport {
                 | StopReason::Misconfigured(_)
                 | StopReason::Database(_)
                 | StopReason::PositionLost(_)
+                | StopReason::StreamRefused(_)
                 | StopReason::Panicked(_),
             ) => self.published + self.dead_lettered > 0,
             // Out of time before claiming anything: whatever was due is still waiting, and a
@@ -225,6 +230,7 @@ impl StopReason {
             Self::Misconfigured(d) => format!("Event Grid refused the configuration: {d}"),
             Self::Database(d) => format!("database error: {d}"),
             Self::PositionLost(d) => format!("change stream position lost: {d}"),
+            Self::StreamRefused(d) => format!("change stream refused: {d}"),
             Self::Panicked(d) => format!("a batch task panicked: {d}"),
         }
     }

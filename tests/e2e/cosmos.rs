@@ -20,7 +20,7 @@ fn upstream() -> SocketAddr {
     crate::support::mongo::upstream(&uri())
 }
 
-async fn proxy() -> RunningProxy {
+pub async fn proxy() -> RunningProxy {
     cosmos_ru_proxy::start(
         // Fixed randomness: the throttle rate hits the same commands every run.
         ProxyConfig {
@@ -35,7 +35,7 @@ async fn proxy() -> RunningProxy {
 }
 
 /// App settings for a handler that reaches the database only through `proxy`.
-fn through(proxy: &RunningProxy, mut settings: Vec<(String, String)>) -> Vec<(String, String)> {
+pub fn through(proxy: &RunningProxy, mut settings: Vec<(String, String)>) -> Vec<(String, String)> {
     settings.retain(|(k, _)| k != "MONGODB_URI");
     settings.push(("MONGODB_URI".into(), proxy.uri("rs0")));
     settings

@@ -16,6 +16,7 @@ mod support;
 mod auth_schema;
 mod change_stream;
 mod change_stream_ops;
+mod change_stream_ru;
 mod cli;
 mod cosmos;
 mod doctor;

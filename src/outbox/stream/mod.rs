@@ -7,7 +7,9 @@
 //!   position;
 //! - `read.rs`: open the stream from the checkpoint, turn raw changes into
 //!   [`StreamChange`](crate::domain::stream_change::StreamChange)s, recognise a lost position;
-//! - `dead_letter.rs`: a refused change, with the change and the reason.
+//! - `dead_letter.rs`: a refused change, with the change and the reason;
+//! - `target.rs`: whose rules apply (`OUTBOX_CHANGE_STREAM_TARGET`): the pipeline, what the
+//!   target cannot deliver, and the probe of `auto`.
 //!
 //! The checkpoints and dead letters live in `<OUTBOX_COLLECTION>_checkpoints` and
 //! `<OUTBOX_COLLECTION>_dead_letters`, one checkpoint document per watched collection.
@@ -17,6 +19,7 @@ mod dead_letter;
 mod read;
 mod snapshot;
 mod status;
+pub mod target;
 
 use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
@@ -27,7 +30,7 @@ pub use self::dead_letter::ChangeDeadLetter;
 pub use self::read::{Changes, Read};
 pub use self::snapshot::Snapshot;
 pub use self::status::{StreamStatus, render as render_status};
-use crate::config::MongoSettings;
+use crate::config::{MongoSettings, StreamTarget};
 use crate::db::DbError;
 
 /// Why the change-stream source cannot go on.
@@ -46,6 +49,10 @@ pub enum StreamError {
     /// invalidated: reading on would skip changes, so the reader stops.
     #[error("{0}")]
     PositionLost(String),
+    /// The server refused the stream as this target's rules open it: another target's rules
+    /// apply, and reading again would be refused again.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The change stream's collections for one watched collection.
@@ -56,12 +63,14 @@ pub struct ChangeStore {
     documents: Collection<Document>,
     checkpoints: Collection<Document>,
     dead_letters: Collection<Document>,
+    /// Whose rules the stream follows.
+    target: StreamTarget,
 }
 
 impl ChangeStore {
-    /// The store for `settings.collection` in `database`.
+    /// The store for `settings.collection` in `database`, read by `target`'s rules.
     #[must_use]
-    pub fn new(database: &Database, settings: &MongoSettings) -> Self {
+    pub fn new(database: &Database, settings: &MongoSettings, target: StreamTarget) -> Self {
         let majority = CollectionOptions::builder()
             .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
             .build();
@@ -77,7 +86,14 @@ impl ChangeStore {
                 &dead_letters_collection(&settings.outbox_collection),
                 majority,
             ),
+            target,
         }
+    }
+
+    /// Whose rules the stream follows.
+    #[must_use]
+    pub fn target(&self) -> StreamTarget {
+        self.target
     }
 
     /// The watched collection.
