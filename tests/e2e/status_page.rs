@@ -329,6 +329,37 @@ async fn in_change_stream_mode_the_page_shows_the_stream_and_decides_on_its_dead
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Changes after them flow, and each one's commit → accepted lag is in the metrics.
+    db.documents()
+        .insert_one(mongodb::bson::doc! { "_id": "cs-page-later" })
+        .await
+        .unwrap();
+    crate::change_stream::wait_for(&rx, 2, &handler).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http
+            .get(handler.url("/metrics"))
+            .header("x-functions-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let timed = text
+            .lines()
+            .find(|l| l.starts_with("outbox_change_stream_lag_seconds_count"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if timed.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outbox.change_stream.lag:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The OutboxStatusHttp function serves the same page.
     let host = Handler::functions(&crate::change_stream::stream_settings(&db, &rx, &[])).await;
     let res = invoke_page(
