@@ -21,6 +21,7 @@ use axum::routing::get;
 use chrono::Utc;
 
 use crate::domain::EventId;
+use crate::ops::{self, DeadLetters};
 use crate::outbox::Storage;
 
 /// The page's route.
@@ -97,15 +98,13 @@ async fn show(State(page): State<OutboxPage>, request: Request) -> Response {
 }
 
 async fn render(page: &OutboxPage, notice: Option<&str>) -> Result<String, crate::db::DbError> {
-    let ready = page.storage.ready().await?;
     let now = Utc::now();
-    let counts = ready.store.counts(now).await?;
-    let dead = ready.store.dead_letters(DEAD_LETTERS_SHOWN).await?;
+    // The same status `handler outbox status` prints: one set of queries for both.
+    let status = ops::status_of(&page.storage, DEAD_LETTERS_SHOWN, now).await?;
+    let ready = page.storage.ready().await?;
     let per_minute = ready.store.published_per_minute(now, CHART_MINUTES).await?;
     Ok(page::render(&page::View {
-        collection: &ready.entries_collection,
-        counts: &counts,
-        dead: &dead,
+        status: &status,
         per_minute: &per_minute,
         now,
         token: &page.token,
@@ -162,7 +161,12 @@ async fn act(State(page): State<OutboxPage>, request: Request) -> Response {
     else {
         return (StatusCode::BAD_REQUEST, "no event id").into_response();
     };
-    let done = match change(&page, field("op").as_deref(), id).await {
+    // Each form says whose dead letter it names (`of=stream` for the change-stream source's).
+    let which = match field("of").as_deref() {
+        Some("stream") => DeadLetters::Stream,
+        _ => DeadLetters::Entries,
+    };
+    let done = match change(&page, field("op").as_deref(), which, id).await {
         Ok(message) => message,
         Err(response) => return *response,
     };
@@ -188,7 +192,12 @@ async fn act(State(page): State<OutboxPage>, request: Request) -> Response {
         .into_response()
 }
 
-async fn change(page: &OutboxPage, op: Option<&str>, id: EventId) -> Result<String, Box<Response>> {
+async fn change(
+    page: &OutboxPage,
+    op: Option<&str>,
+    which: DeadLetters,
+    id: EventId,
+) -> Result<String, Box<Response>> {
     let unavailable = |e: crate::db::DbError| {
         tracing::warn!(error = %crate::telemetry::chain(&e), "The status page cannot change the outbox");
         Box::new(
@@ -199,21 +208,15 @@ async fn change(page: &OutboxPage, op: Option<&str>, id: EventId) -> Result<Stri
                 .into_response(),
         )
     };
-    let ready = page.storage.ready().await.map_err(unavailable)?;
-    let now = Utc::now();
     let (n, verb) = match op {
         Some("requeue") => (
-            ready
-                .store
-                .requeue_dead(Some(&[id]), now)
+            ops::requeue_in(&page.storage, which, Some(&[id]))
                 .await
                 .map_err(unavailable)?,
             "requeued",
         ),
         Some("skip") => (
-            ready
-                .store
-                .skip_dead(&[id], now)
+            ops::skip_in(&page.storage, which, &[id])
                 .await
                 .map_err(unavailable)?,
             "skipped",

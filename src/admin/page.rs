@@ -2,14 +2,13 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::outbox::OutboxCounts;
-use crate::outbox::store::DeadLetter;
+use crate::ops::Status;
+use crate::outbox::stream::StreamStatus;
 
 /// What the page shows.
 pub(super) struct View<'a> {
-    pub(super) collection: &'a str,
-    pub(super) counts: &'a OutboxCounts,
-    pub(super) dead: &'a [DeadLetter],
+    /// What `handler outbox status` reports.
+    pub(super) status: &'a Status,
     /// Published per minute, oldest first.
     pub(super) per_minute: &'a [u64],
     pub(super) now: DateTime<Utc>,
@@ -46,7 +45,7 @@ td:last-child{width:1%;white-space:nowrap}\
 
 /// The whole page.
 pub(super) fn render(v: &View<'_>) -> String {
-    let c = v.counts;
+    let c = &v.status.counts;
     let oldest = c.oldest_pending_created_at.map_or_else(
         || "none".to_owned(),
         |t| format!("{} s", (v.now - t).num_seconds().max(0)),
@@ -63,7 +62,7 @@ pub(super) fn render(v: &View<'_>) -> String {
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>Outbox status</title><style>{STYLE}</style></head><body>\
          <h1>Outbox <small>{}</small></h1>",
-        esc(v.collection)
+        esc(&v.status.entries_collection)
     );
     if let Some(n) = v.notice {
         html.push_str(&format!("<p class=\"notice\" id=\"notice\">{}</p>", esc(n)));
@@ -77,6 +76,9 @@ pub(super) fn render(v: &View<'_>) -> String {
     html.push_str("</div>");
     html.push_str(&chart(v.per_minute));
     html.push_str(&dead_letters(v));
+    if let Some(stream) = &v.status.change_stream {
+        html.push_str(&change_stream(stream, v.token, v.now));
+    }
     html.push_str(&format!(
         "<p><small>As of {} · reload for fresh figures</small></p></body></html>",
         v.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -110,28 +112,124 @@ fn chart(per_minute: &[u64]) -> String {
     svg
 }
 
+/// A form that posts `op` on dead letter `id` (of the stream's when `of` says so) back to
+/// this page.
+fn form(token: &str, of: Option<&str>, op: &str, label: &str, id: &str) -> String {
+    // `action` left out: the form posts to this page's own URL, query string included
+    // (so a `?code=` key is sent back without being written into the page).
+    let of = of.map_or_else(String::new, |of| {
+        format!("<input type=\"hidden\" name=\"of\" value=\"{}\">", esc(of))
+    });
+    format!(
+        "<form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{}\">{of}\
+         <input type=\"hidden\" name=\"op\" value=\"{op}\"><input type=\"hidden\" name=\"id\" value=\"{}\">\
+         <button type=\"submit\" id=\"{op}-{}\">{label}</button></form>",
+        esc(token),
+        esc(id),
+        esc(id)
+    )
+}
+
+/// The change-stream source (`OUTBOX_SOURCE=change-stream`): where the stream stands, who
+/// reads it, and its dead letters with their buttons.
+fn change_stream(s: &StreamStatus, token: &str, now: DateTime<Utc>) -> String {
+    let at = |t: Option<DateTime<Utc>>| {
+        t.map_or_else(
+            || "none".to_owned(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    let card = |id: &str, label: &str, value: String| {
+        format!(
+            "<div class=\"card\" id=\"{id}\">{}<b>{}</b></div>",
+            esc(label),
+            esc(&value)
+        )
+    };
+    let position = if s.has_position {
+        at(s.position_time)
+    } else {
+        "none yet".to_owned()
+    };
+    let lease = match s.lease_until {
+        Some(until) if s.lease_live => format!(
+            "live until {} ({} s)",
+            at(Some(until)),
+            (until - now).num_seconds().max(0)
+        ),
+        Some(until) => format!("expired at {}", at(Some(until))),
+        None => "none".to_owned(),
+    };
+    let mut out = format!(
+        "<h2>Change stream <small>{}</small></h2><div class=\"cards\">",
+        esc(&s.collection)
+    );
+    out.push_str(&card("stream-position", "last published change", position));
+    out.push_str(&card(
+        "stream-lag",
+        "lag",
+        s.lag_seconds
+            .map_or_else(|| "none".to_owned(), |l| format!("{l} s")),
+    ));
+    out.push_str(&card(
+        "stream-reader",
+        "reader",
+        s.reader.clone().unwrap_or_else(|| "none".to_owned()),
+    ));
+    out.push_str(&card("stream-lease", "lease", lease));
+    out.push_str(&card(
+        "stream-dead",
+        "dead letters",
+        format!(
+            "{} ({} requeued, {} skipped)",
+            s.dead, s.requeued, s.skipped
+        ),
+    ));
+    out.push_str("</div>");
+    if s.dead_letters.is_empty() {
+        out.push_str("<h3>Dead-lettered changes</h3><p>None.</p>");
+        return out;
+    }
+    out.push_str(
+        "<h3>Dead-lettered changes</h3><table><thead><tr><th>Event</th><th>Reason</th><th></th></tr></thead><tbody>",
+    );
+    for d in &s.dead_letters {
+        let status = d.status.map(|s| format!("HTTP {s}: ")).unwrap_or_default();
+        let actions = if d.state == "dead" {
+            format!(
+                "{}{}",
+                form(token, Some("stream"), "requeue", "Requeue", &d.id),
+                form(token, Some("stream"), "skip", "Skip", &d.id)
+            )
+        } else {
+            // Requeued: the reader publishes it before reading on.
+            format!("<small>{}</small>", esc(&d.state))
+        };
+        out.push_str(&format!(
+            "<tr id=\"stream-dead-{}\"><td>{}<br><small>{} · {}</small></td><td>{}{}</td><td>{actions}</td></tr>",
+            esc(&d.id),
+            esc(&d.id),
+            esc(&d.subject),
+            esc(&d.state),
+            esc(&status),
+            esc(&d.reason),
+        ));
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
 fn dead_letters(v: &View<'_>) -> String {
-    if v.dead.is_empty() {
+    if v.status.dead_letters.is_empty() {
         return "<h2>Dead letters</h2><p>None.</p>".to_owned();
     }
     let mut out = String::from(
         "<h2>Dead letters</h2><table><thead><tr><th>Event</th><th>Last error</th><th></th></tr></thead><tbody>",
     );
-    for d in v.dead {
+    for d in &v.status.dead_letters {
         let id = d.id.to_string();
         let status = d.status.map(|s| format!("HTTP {s}: ")).unwrap_or_default();
-        let form = |op: &str, label: &str| {
-            // `action` left out: the form posts to this page's own URL, query string included
-            // (so a `?code=` key is sent back without being written into the page).
-            format!(
-                "<form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
-                 <input type=\"hidden\" name=\"op\" value=\"{op}\"><input type=\"hidden\" name=\"id\" value=\"{}\">\
-                 <button type=\"submit\" id=\"{op}-{}\">{label}</button></form>",
-                esc(v.token),
-                esc(&id),
-                esc(&id)
-            )
-        };
+        let form = |op: &str, label: &str| form(v.token, None, op, label, &id);
         out.push_str(&format!(
             "<tr id=\"dead-{}\"><td>{}<br><small>{} · {} attempts</small></td><td>{}{}</td><td>{}{}</td></tr>",
             esc(&id),

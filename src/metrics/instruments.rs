@@ -214,7 +214,8 @@ impl Metrics {
         self.db_throttled.add(1, &[]);
     }
 
-    /// Counts due entries a claim found taken by another relay.
+    /// Counts due entries a claim read as candidates but found taken by another claim
+    /// ([`Claim::contended`](crate::outbox::store::Claim::contended)).
     pub fn claim_conflicts(&self, entries: usize) {
         if entries > 0 {
             self.claim_conflicts.add(entries as u64, &[]);

@@ -5,7 +5,7 @@
 pub mod doctor;
 pub mod replay;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{EventSource, MongoSettings};
@@ -13,7 +13,7 @@ use crate::db::{Db, DbError};
 use crate::domain::EventId;
 use crate::outbox::store::{DeadLetter, Expiry};
 use crate::outbox::stream::{self, StreamStatus};
-use crate::outbox::{OutboxCounts, Placement, Ready, Storage};
+use crate::outbox::{OutboxCounts, Placement, Storage};
 
 /// Dead letters listed by `status`.
 const DEAD_LETTERS_SHOWN: i64 = 20;
@@ -37,8 +37,29 @@ pub struct Status {
     pub change_stream: Option<StreamStatus>,
 }
 
-async fn storage_ready(settings: MongoSettings) -> Result<Ready, DbError> {
-    Storage::new(Db::new(settings)).ready().await
+/// Whose dead letters an operator decides on: the outbox's entries, or the change-stream
+/// source's dead-lettered changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetters {
+    /// Dead-lettered entries (every placement; `embedded` moves its dead events there).
+    Entries,
+    /// Changes the change-stream source dead-lettered.
+    Stream,
+}
+
+impl DeadLetters {
+    /// The ones the configured source produces.
+    #[must_use]
+    pub fn of_source(source: EventSource) -> Self {
+        match source {
+            EventSource::Outbox => Self::Entries,
+            EventSource::ChangeStream => Self::Stream,
+        }
+    }
+}
+
+fn storage_of(settings: MongoSettings) -> Storage {
+    Storage::new(Db::new(settings))
 }
 
 /// Counts entries by state and lists the oldest dead letters.
@@ -46,18 +67,28 @@ async fn storage_ready(settings: MongoSettings) -> Result<Ready, DbError> {
 /// # Errors
 /// When the database cannot be reached.
 pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
-    let change_stream = match settings.source {
-        EventSource::ChangeStream => Some(
-            change_store(settings.clone())
-                .await?
-                .status(DEAD_LETTERS_SHOWN, Utc::now())
-                .await?,
-        ),
+    status_of(&storage_of(settings), DEAD_LETTERS_SHOWN, Utc::now()).await
+}
+
+/// The status of `storage` at `now`, with at most `shown` dead letters of each kind: what
+/// `handler outbox status` prints and the status page shows. Pending and due count every
+/// pending event of the placement (under `embedded`, the events inside documents too); with
+/// `OUTBOX_SOURCE=change-stream` the stream's position, reader and dead letters are added.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn status_of(
+    storage: &Storage,
+    shown: i64,
+    now: DateTime<Utc>,
+) -> Result<Status, DbError> {
+    let ready = storage.ready().await?;
+    let change_stream = match storage.settings().source {
+        EventSource::ChangeStream => Some(storage.change_store().await?.status(shown, now).await?),
         EventSource::Outbox => None,
     };
-    let ready = storage_ready(settings).await?;
-    let counts = ready.store.counts(Utc::now()).await?;
-    let dead_letters = ready.store.dead_letters(DEAD_LETTERS_SHOWN).await?;
+    let counts = ready.relay.counts(now).await?;
+    let dead_letters = ready.store.dead_letters(shown).await?;
     Ok(Status {
         placement: ready.placement,
         entries_collection: ready.entries_collection,
@@ -68,23 +99,13 @@ pub async fn status(settings: MongoSettings) -> Result<Status, DbError> {
     })
 }
 
-async fn change_store(settings: MongoSettings) -> Result<stream::ChangeStore, DbError> {
-    Storage::new(Db::new(settings)).change_store().await
-}
-
 /// Makes dead-lettered entries pending again (all of them with `ids: None`). Returns how many.
 ///
 /// # Errors
 /// When the database cannot be reached.
 pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result<u64, DbError> {
-    if settings.source == EventSource::ChangeStream {
-        return change_store(settings)
-            .await?
-            .requeue_dead(ids, Utc::now())
-            .await;
-    }
-    let ready = storage_ready(settings).await?;
-    ready.store.requeue_dead(ids, Utc::now()).await
+    let which = DeadLetters::of_source(settings.source);
+    requeue_in(&storage_of(settings), which, ids).await
 }
 
 /// Marks dead letters as skipped (never published; no longer holding back their subject
@@ -93,14 +114,42 @@ pub async fn requeue(settings: MongoSettings, ids: Option<&[EventId]>) -> Result
 /// # Errors
 /// When the database cannot be reached.
 pub async fn skip(settings: MongoSettings, ids: &[EventId]) -> Result<u64, DbError> {
-    if settings.source == EventSource::ChangeStream {
-        return change_store(settings)
-            .await?
-            .skip_dead(ids, Utc::now())
-            .await;
+    let which = DeadLetters::of_source(settings.source);
+    skip_in(&storage_of(settings), which, ids).await
+}
+
+/// Gives `which` dead letters of `storage` another chance (every one with `ids: None`):
+/// entries become pending again; the change-stream reader publishes requeued changes before
+/// reading on. Returns how many.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn requeue_in(
+    storage: &Storage,
+    which: DeadLetters,
+    ids: Option<&[EventId]>,
+) -> Result<u64, DbError> {
+    let now = Utc::now();
+    match which {
+        DeadLetters::Entries => storage.ready().await?.store.requeue_dead(ids, now).await,
+        DeadLetters::Stream => storage.change_store().await?.requeue_dead(ids, now).await,
     }
-    let ready = storage_ready(settings).await?;
-    ready.store.skip_dead(ids, Utc::now()).await
+}
+
+/// Marks `which` dead letters of `storage` never to be published. Returns how many.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn skip_in(
+    storage: &Storage,
+    which: DeadLetters,
+    ids: &[EventId],
+) -> Result<u64, DbError> {
+    let now = Utc::now();
+    match which {
+        DeadLetters::Entries => storage.ready().await?.store.skip_dead(ids, now).await,
+        DeadLetters::Stream => storage.change_store().await?.skip_dead(ids, now).await,
+    }
 }
 
 /// The status as text for a terminal.

@@ -42,11 +42,10 @@ impl Relay {
         }
     }
 
-    /// One reading of the backlog, from the claim index.
+    /// One reading of the backlog, through the placement's relay side: the entries (from
+    /// the claim index) and, under `embedded`, the events pending inside documents.
     async fn read_backlog(&self) -> Result<Backlog, DbError> {
-        // The outbox collection's entries; under `embedded` the events pending inside
-        // documents are not counted (only its dead letters live there).
-        let store = self.storage.ready().await?.store;
+        let store = self.storage.ready().await?.relay;
         let now = Utc::now();
         let counts = store.backlog(now).await?;
         Ok(Backlog {

@@ -324,3 +324,195 @@ async fn a_sharded_collection_keeps_its_shard_key_on_documents_tombstones_and_de
     }
     db.drop().await;
 }
+
+/// `handler outbox status --json` over `env`.
+async fn status_json(env: &[(String, String)]) -> serde_json::Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .args(["outbox", "status", "--json"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().cloned())
+        .current_dir(crate::support::host::app_root())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pending_inside_documents_count_in_status_metrics_and_the_page() {
+    use std::time::{Duration, Instant};
+
+    const KEY: &str = "embedded-backlog-key";
+    let db = TestDb::with(&EMBEDDED).await;
+    let rx = receiver::start().await;
+    let env = app_settings(
+        &db,
+        &rx,
+        &[
+            ("STANDALONE_FUNCTION_KEY", KEY),
+            ("OUTBOX_SCHEDULE", "0 0 0 1 1 *"),
+            ("OUTBOX_METRICS_INTERVAL_SECS", "1"),
+            // A failed publish backs off for a minute: pending, but not due.
+            ("OUTBOX_INITIAL_BACKOFF_MS", "60000"),
+            ("OUTBOX_MAX_BACKOFF_SECS", "120"),
+        ],
+    );
+    let handler = Handler::standalone(&env).await;
+    let http = handler.http();
+    // Two events in one document (created, then replaced), one in another.
+    for (id, body, status) in [
+        ("b-1", r#"{"n":1}"#, 201),
+        ("b-1", r#"{"n":2}"#, 200),
+        ("b-2", r#"{"n":1}"#, 201),
+    ] {
+        let res = http
+            .put(handler.url(&format!("/api/documents/{id}")))
+            .header("x-functions-key", KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{}", handler.output());
+    }
+    let metric = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let scrape_until = |want: [f64; 2]| {
+        let handler = &handler;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = handler
+                    .http()
+                    .get(handler.url("/metrics"))
+                    .header("x-functions-key", KEY)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let got = [
+                    metric(&text, "outbox_backlog"),
+                    metric(&text, "outbox_backlog_due"),
+                ];
+                if got == want.map(Some) {
+                    return text;
+                }
+                assert!(Instant::now() < deadline, "wanted {want:?}:\n{text}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let page = || async {
+        http.get(handler.url(&format!("/admin/outbox?code={KEY}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let card = |html: &str, label: &str| {
+        let at = html
+            .find(&format!("{label}<b>"))
+            .unwrap_or_else(|| panic!("no {label}: {html}"));
+        let rest = &html[at + label.len() + 3..];
+        rest[..rest.find("</b>").unwrap()].to_owned()
+    };
+
+    // Written, nothing published: three pending, all due.
+    let status = status_json(&env).await;
+    assert_eq!(
+        (status["pending"].clone(), status["due"].clone()),
+        (3.into(), 3.into()),
+        "{status}"
+    );
+    assert!(status["oldest_pending_created_at"].is_string(), "{status}");
+    let text = scrape_until([3.0, 3.0]).await;
+    assert!(
+        metric(&text, "outbox_oldest_pending_age_seconds").is_some_and(|age| age >= 0.0),
+        "{text}"
+    );
+    let html = page().await;
+    assert_eq!(
+        (card(&html, "pending"), card(&html, "due now")),
+        ("3".into(), "3".into())
+    );
+    assert_ne!(card(&html, "oldest pending"), "none");
+
+    // The topic fails: every event backs off, still pending, none due.
+    rx.handle()
+        .push_fault(receiver::Fault::fail(10, 503))
+        .unwrap();
+    let report: serde_json::Value = http
+        .post(handler.url("/admin/functions/OutboxTimer"))
+        .header("x-functions-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["rescheduled"], 3, "{report}");
+    let status = status_json(&env).await;
+    assert_eq!(
+        (status["pending"].clone(), status["due"].clone()),
+        (3.into(), 0.into()),
+        "{status}"
+    );
+    scrape_until([3.0, 0.0]).await;
+    let html = page().await;
+    assert_eq!(
+        (card(&html, "pending"), card(&html, "due now")),
+        ("3".into(), "0".into())
+    );
+
+    // The topic recovers and the backoff is over (moved to now rather than waited out).
+    rx.handle().clear_faults();
+    db.documents()
+        .update_many(
+            doc! { "_outbox": { "$exists": true } },
+            doc! { "$set": { "_outbox.due_at": mongodb::bson::DateTime::now() } },
+        )
+        .await
+        .unwrap();
+    let report: serde_json::Value = http
+        .post(handler.url("/admin/functions/OutboxTimer"))
+        .header("x-functions-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["published"], 3, "{report}");
+    let status = status_json(&env).await;
+    assert_eq!(
+        (status["pending"].clone(), status["due"].clone()),
+        (0.into(), 0.into()),
+        "{status}"
+    );
+    assert!(status["oldest_pending_created_at"].is_null(), "{status}");
+    let text = scrape_until([0.0, 0.0]).await;
+    assert_eq!(
+        metric(&text, "outbox_oldest_pending_age_seconds"),
+        Some(0.0),
+        "{text}"
+    );
+    let html = page().await;
+    assert_eq!(
+        (card(&html, "pending"), card(&html, "oldest pending")),
+        ("0".into(), "none".into())
+    );
+    db.drop().await;
+}

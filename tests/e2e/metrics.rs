@@ -3,6 +3,7 @@
 //! official proto definitions, after a known sequence of writes, drains and failures; the push
 //! path's share; and no secret in any of them.
 
+mod claim_conflicts;
 mod throttling;
 
 use std::time::Duration;

@@ -7,53 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use mongodb::bson::Document;
-use outbox_relay::domain::{EventId, OutboxEvent};
-use outbox_relay::outbox::store::{self, OutboxStore};
+use outbox_relay::domain::EventId;
+use outbox_relay::outbox::store::OutboxStore;
 use outbox_relay::relay::StopReason;
-use serde_json::value::RawValue;
 use tokio::sync::Barrier;
 
 use crate::support::mongo::entry_state;
 use crate::support::receiver::{self, FailRule, Fault};
+use crate::support::seed::seed_entries;
 use crate::support::{TestDb, drain, relay, settings, write_documents};
 
 fn doc(i: usize) -> String {
     format!(r#"{{"_id":"d-{i}","n":{i},"text":"{}"}}"#, "x".repeat(200))
-}
-
-/// Inserts `n` entries directly (fast), each with `data_bytes` of payload.
-async fn seed_entries(db: &TestDb, n: usize, data_bytes: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    let mut batch: Vec<Document> = Vec::new();
-    for i in 0..n {
-        let id = format!("s-{i}");
-        let data = if data_bytes == 0 {
-            format!(r#"{{"_id":"{id}"}}"#)
-        } else {
-            format!(r#"{{"_id":"{id}","pad":"{}"}}"#, "p".repeat(data_bytes))
-        };
-        let event = OutboxEvent::new(
-            EventId::for_change(&db.name, "documents", &id, "seed", 1),
-            format!("documents/{id}"),
-            "CosmosDB.DocumentChanged".into(),
-            "1.0".into(),
-            RawValue::from_string(data).unwrap(),
-            Utc::now(),
-        );
-        ids.push(event.id.to_string());
-        batch.push(store::new_entry(&event, "documents", &id, None, None));
-        if batch.len() == 1000 {
-            db.outbox()
-                .insert_many(std::mem::take(&mut batch))
-                .await
-                .unwrap();
-        }
-    }
-    if !batch.is_empty() {
-        db.outbox().insert_many(batch).await.unwrap();
-    }
-    ids
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

@@ -199,6 +199,59 @@ async fn concurrent_claims_never_take_the_same_entry() {
 }
 
 #[tokio::test]
+async fn a_claim_counts_every_due_candidate_another_claim_took_first() {
+    let db = TestDb::new().await;
+    let (store, now) = store_of(&db);
+    let t0 = now - chrono::Duration::minutes(1);
+    const LIMIT: usize = 10;
+    const AT_ONCE: usize = 6;
+    const ROUNDS: usize = 15;
+    // One millisecond apart, as real writes are, and enough that every claim of every round
+    // finds at least LIMIT due entries: each one sees LIMIT candidates.
+    seed(
+        &db,
+        (0..LIMIT * AT_ONCE * ROUNDS + LIMIT)
+            .map(|i| {
+                entry(
+                    &db,
+                    &format!("e-{i}"),
+                    1,
+                    t0 + chrono::Duration::milliseconds(i as i64),
+                )
+            })
+            .collect(),
+    )
+    .await;
+
+    let mut lost_rounds = 0;
+    for _ in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(AT_ONCE));
+        let claims = (0..AT_ONCE).map(|_| {
+            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let claim = store.claim(now, LEASE, LIMIT as u32).await.unwrap();
+                (claim.entries.len(), claim.contended)
+            })
+        });
+        let results: Vec<(usize, usize)> =
+            futures_util::future::try_join_all(claims).await.unwrap();
+        // Each claim saw LIMIT due candidates: it either holds each one or counted it lost.
+        for &(taken, contended) in &results {
+            assert_eq!(taken + contended, LIMIT, "{results:?}");
+        }
+        if results.iter().any(|&(taken, _)| taken < LIMIT) {
+            lost_rounds += 1;
+        }
+    }
+    assert!(
+        lost_rounds > 0,
+        "{AT_ONCE} claims at once never lost a candidate in {ROUNDS} rounds"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_later_entry_waits_for_an_older_pending_entry_of_its_subject() {
     let db = TestDb::with(&[("OUTBOX_ORDERING", "subject")]).await;
     let (store, now) = store_of(&db);

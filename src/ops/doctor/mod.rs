@@ -1,6 +1,6 @@
 //! `handler outbox doctor`: a pre-flight over everything the relay depends on — the database
-//! (`database.rs`), the Event Grid topic (`eventgrid.rs`) and the timings of the settings
-//! (`timing.rs`). Each check says what it found and, when something is wrong, the fix.
+//! (`database.rs`), the change-stream source when configured (`stream.rs`), the Event Grid
+//! topic (`eventgrid.rs`) and the timings of the settings (`timing.rs`). Each check says what it found and, when something is wrong, the fix.
 //!
 //! It changes nothing that matters: it never publishes an event (the topic gets an empty batch,
 //! see `eventgrid.rs`), never writes an entry, and never creates an index (a missing index is
@@ -12,6 +12,7 @@
 
 mod database;
 mod eventgrid;
+mod stream;
 mod timing;
 
 use std::time::Duration;
@@ -147,6 +148,12 @@ pub struct AppFacts {
 /// Runs every check, in order: database (each step needs the one before), Event Grid, timings.
 pub async fn run(settings: &Settings, app: &AppFacts) -> Report {
     let mut checks = database::checks(settings).await;
+    let reached = checks
+        .iter()
+        .any(|c| c.id == "database.connection" && c.verdict == Verdict::Pass);
+    if reached {
+        checks.extend(stream::checks(settings).await);
+    }
     checks.extend(eventgrid::checks(&settings.eventgrid).await);
     checks.extend(timing::checks(settings, app));
     let mut report = Report {

@@ -10,7 +10,7 @@ use super::OutboxStore;
 use super::entry::{Row, bson_time, chrono_time};
 use super::fields::{claim_order, field};
 use crate::db::DbError;
-use crate::outbox::EntryStatus;
+use crate::outbox::{EntryStatus, OutboxCounts};
 
 /// The backlog as the metrics report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,58 @@ pub struct BacklogCounts {
     pub dead: u64,
     /// When the oldest pending entry was written.
     pub oldest_pending_created_at: Option<DateTime<Utc>>,
+}
+
+/// Events pending outside the entries' collection (the `embedded` placement's, inside their
+/// documents), added to the entries' figures by the placement's [`RelayStore`](super::RelayStore).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingEvents {
+    /// Events not yet published, due or not.
+    pub pending: u64,
+    /// Of those, events due now.
+    pub due: u64,
+    /// When the oldest of them was written.
+    pub oldest_created_at: Option<DateTime<Utc>>,
+}
+
+/// The older of two optional times.
+fn oldest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl BacklogCounts {
+    /// The backlog with `more` pending events added.
+    #[must_use]
+    pub fn with(self, more: PendingEvents) -> Self {
+        Self {
+            pending: self.pending + more.pending,
+            due: self.due + more.due,
+            dead: self.dead,
+            oldest_pending_created_at: oldest(
+                self.oldest_pending_created_at,
+                more.oldest_created_at,
+            ),
+        }
+    }
+}
+
+impl OutboxCounts {
+    /// The counts with `more` pending events added.
+    #[must_use]
+    pub fn with(self, more: PendingEvents) -> Self {
+        Self {
+            pending: self.pending + more.pending,
+            due: self.due + more.due,
+            oldest_pending_created_at: oldest(
+                self.oldest_pending_created_at,
+                more.oldest_created_at,
+            ),
+            ..self
+        }
+    }
 }
 
 impl OutboxStore {

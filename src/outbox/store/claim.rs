@@ -28,7 +28,9 @@ pub struct Claim {
     pub lease_until: DateTime<Utc>,
     /// The entries, in claim order (oldest due first).
     pub entries: Vec<ClaimedEntry>,
-    /// Candidates another relay took between our read and our update.
+    /// Due entries this claim read as candidates (step 1) but another claim took first: how
+    /// many fewer it took than it saw due, so a claim that lost every candidate counts them
+    /// all. A lower bound: entries that became due meanwhile make up for lost ones.
     pub contended: usize,
     /// Whether every entry's `due_at` is exactly `lease_until`, so the claim can be marked
     /// published in one update over an index range. False for entries held by the writes that
@@ -93,17 +95,17 @@ impl OutboxStore {
             "$set": { field::DUE_AT: held_until, field::LEASE_TOKEN: token.bson() },
             "$inc": { field::CLAIMS: 1 },
         };
-        let cutoff = self.cutoff(&due, limit).await?;
+        let (cutoff, seen) = self.cutoff(&due, limit).await?;
         let mut taken = self.take_before(&due, cutoff, &take).await?;
-        let mut contended = 0;
         if let Some(cutoff) = cutoff
             && taken < u64::from(limit)
         {
             let want = u64::from(limit) - taken;
-            let (more, lost) = self.top_up_at(due, cutoff, want, take).await?;
-            taken += more;
-            contended = lost;
+            taken += self.top_up_at(due, cutoff, want, take).await?;
         }
+        // Every entry step 1 saw was due then; one this claim did not get was taken by another
+        // claim in between (nothing else makes a due entry not due).
+        let contended = seen.saturating_sub(usize::try_from(taken).unwrap_or(usize::MAX));
         if taken == 0 {
             return Ok(Claim {
                 token,
@@ -129,18 +131,32 @@ impl OutboxStore {
         })
     }
 
-    /// Step 1: the `due_at` of the `limit`-th due entry, read from the claim index alone;
-    /// `None` when fewer are due.
-    async fn cutoff(&self, due: &Document, limit: u32) -> Result<Option<bson::DateTime>, DbError> {
-        let row = self
+    /// Step 1: the `due_at` of the `limit`-th due entry (`None` when fewer are due), and how
+    /// many due entries were seen (at most `limit`), read from the claim index alone: the
+    /// `due_at` of the first `limit` due entries, a covered scan of `limit` index keys (the
+    /// same keys a `skip` would walk), returning a few bytes each.
+    async fn cutoff(
+        &self,
+        due: &Document,
+        limit: u32,
+    ) -> Result<(Option<bson::DateTime>, usize), DbError> {
+        let limit = limit.max(1);
+        let rows: Vec<Row<DueState>> = self
             .entries
             .clone_with_type::<Row<DueState>>()
-            .find_one(due.clone())
+            .find(due.clone())
             .sort(claim_order())
-            .skip(u64::from(limit.saturating_sub(1)))
+            .limit(i64::from(limit))
             .projection(doc! { field::ID: 0, field::STATUS: 1, field::DUE_AT: 1 })
+            .await?
+            .try_collect()
             .await?;
-        Ok(row.and_then(|r| r.state.due_at))
+        let cutoff = if rows.len() >= limit as usize {
+            rows.last().and_then(|r| r.state.due_at)
+        } else {
+            None
+        };
+        Ok((cutoff, rows.len()))
     }
 
     /// Step 2: takes every due entry before the cut-off (or all of them, if fewer are due)
@@ -161,15 +177,14 @@ impl OutboxStore {
     }
 
     /// Step 3: tops up from the entries due exactly at the cut-off, by id, so a claim takes
-    /// `limit` entries even when many share one millisecond. Returns how many were taken and
-    /// how many of the ids read another claim took first (contended).
+    /// `limit` entries even when many share one millisecond. Returns how many were taken.
     async fn top_up_at(
         &self,
         due: Document,
         cutoff: bson::DateTime,
         want: u64,
         take: Document,
-    ) -> Result<(u64, usize), DbError> {
+    ) -> Result<u64, DbError> {
         let mut at_cutoff = due;
         at_cutoff.insert(field::DUE_AT, cutoff);
         let ids: Vec<Bson> = self
@@ -183,14 +198,12 @@ impl OutboxStore {
             .try_collect()
             .await?;
         if ids.is_empty() {
-            return Ok((0, 0));
+            return Ok(0);
         }
         // Still due (the same condition as step 2): an entry another claim took meanwhile is
         // left to it.
         at_cutoff.insert(field::ID, doc! { "$in": &ids });
-        let more = self.fenced_update(at_cutoff, take).await?;
-        let contended = ids.len().saturating_sub(usize::try_from(more).unwrap_or(0));
-        Ok((more, contended))
+        self.fenced_update(at_cutoff, take).await
     }
 
     /// Step 4: what this claim holds: the entries whose `due_at` is exactly the end of this

@@ -68,7 +68,7 @@ use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
-pub use backlog::BacklogCounts;
+pub use backlog::{BacklogCounts, PendingEvents};
 pub use claim::{Claim, ClaimToken, Hold};
 pub use diagnose::{ClaimPlan, IndexInfo};
 pub use embedded::{EmbeddedEvents, embedded_field};

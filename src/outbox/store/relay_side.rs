@@ -9,10 +9,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 
-use super::{Claim, ClaimToken, OutboxStore};
+use super::{BacklogCounts, Claim, ClaimToken, OutboxStore};
 use crate::db::DbError;
 use crate::domain::EventId;
-use crate::outbox::LastError;
+use crate::outbox::{LastError, OutboxCounts};
 
 /// Claims and the fenced outcome records of one placement's events. Every method has the
 /// meaning and the guarantees of the [`OutboxStore`] method of the same name: a claim takes
@@ -125,6 +125,21 @@ pub trait RelayStore: std::fmt::Debug + Send + Sync {
     /// # Errors
     /// When the database fails.
     fn count_pending(&self) -> BoxFuture<'_, Result<u64, DbError>>;
+
+    /// The backlog at `now` as the metrics report it: every pending event of the placement
+    /// (entries, and events inside documents), due now, the oldest's age, and dead letters.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn backlog(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<BacklogCounts, DbError>>;
+
+    /// Counts by state for operators (`handler outbox status`, the status page): the
+    /// entries' counts, with every pending event of the placement in `pending`, `due` and the
+    /// oldest pending time.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn counts(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<OutboxCounts, DbError>>;
 }
 
 impl From<OutboxStore> for Arc<dyn RelayStore> {
@@ -233,5 +248,13 @@ impl RelayStore for OutboxStore {
 
     fn count_pending(&self) -> BoxFuture<'_, Result<u64, DbError>> {
         Box::pin(Self::count_pending(self))
+    }
+
+    fn backlog(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<BacklogCounts, DbError>> {
+        Box::pin(Self::backlog(self, now))
+    }
+
+    fn counts(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<OutboxCounts, DbError>> {
+        Box::pin(Self::counts(self, now))
     }
 }

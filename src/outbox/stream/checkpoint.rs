@@ -177,7 +177,7 @@ fn until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 }
 
 /// The position stored in a checkpoint document.
-fn checkpoint_of(d: &Document) -> Checkpoint {
+pub(super) fn checkpoint_of(d: &Document) -> Checkpoint {
     let token = d
         .get("token")
         .filter(|t| !matches!(t, Bson::Null))

@@ -10,12 +10,15 @@
 //! - `dead_letter.rs`: a refused change, with the change and the reason;
 //! - `target.rs`: whose rules apply (`OUTBOX_CHANGE_STREAM_TARGET`): the pipeline, what the
 //!   target cannot deliver, and the probe of `auto`.
+//! - `status.rs`: what operators see (`handler outbox status`, the status page);
+//! - `history.rs`: the saved position against the server's history (`handler outbox doctor`).
 //!
 //! The checkpoints and dead letters live in `<OUTBOX_COLLECTION>_checkpoints` and
 //! `<OUTBOX_COLLECTION>_dead_letters`, one checkpoint document per watched collection.
 
 mod checkpoint;
 mod dead_letter;
+mod history;
 mod read;
 mod snapshot;
 mod status;
@@ -27,6 +30,7 @@ use mongodb::{Collection, Database};
 
 pub use self::checkpoint::{Checkpoint, Lease};
 pub use self::dead_letter::ChangeDeadLetter;
+pub use self::history::{History, PositionTime};
 pub use self::read::{Changes, Read};
 pub use self::snapshot::Snapshot;
 pub use self::status::{StreamStatus, render as render_status};

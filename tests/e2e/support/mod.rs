@@ -10,6 +10,7 @@ pub mod mongo;
 pub mod otlp;
 pub mod prometheus;
 pub mod receiver;
+pub mod seed;
 
 use std::collections::HashMap;
 use std::sync::Arc;

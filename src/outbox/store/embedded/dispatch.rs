@@ -13,10 +13,10 @@ use super::relay::EmbeddedEvents;
 use super::relay_state::Held;
 use crate::db::DbError;
 use crate::domain::EventId;
-use crate::outbox::LastError;
-use crate::outbox::store::RelayStore;
 use crate::outbox::store::claim::Claim;
 use crate::outbox::store::token::ClaimToken;
+use crate::outbox::store::{BacklogCounts, RelayStore};
+use crate::outbox::{LastError, OutboxCounts};
 
 impl RelayStore for EmbeddedEvents {
     fn claim(
@@ -177,6 +177,20 @@ impl RelayStore for EmbeddedEvents {
                 .count_documents(doc! { f::DUE_AT: { "$exists": true } })
                 .await?;
             Ok(entries + documents)
+        })
+    }
+
+    fn backlog(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<BacklogCounts, DbError>> {
+        Box::pin(async move {
+            let entries = self.entries.backlog(now).await?;
+            Ok(entries.with(self.pending_in_documents(now).await?))
+        })
+    }
+
+    fn counts(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<OutboxCounts, DbError>> {
+        Box::pin(async move {
+            let entries = self.entries.counts(now).await?;
+            Ok(entries.with(self.pending_in_documents(now).await?))
         })
     }
 }

@@ -18,6 +18,7 @@
 //! A dead-lettered event moves to `OUTBOX_COLLECTION` as an ordinary dead entry, where the
 //! operator commands find it; a requeued one is relayed from there.
 
+mod backlog;
 mod dispatch;
 mod elements;
 mod relay;
