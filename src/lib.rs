@@ -33,6 +33,7 @@ pub mod functions;
 pub mod metrics;
 pub mod ops;
 pub mod outbox;
+pub mod progress;
 pub mod publisher;
 pub mod push;
 pub mod relay;

@@ -279,9 +279,8 @@ async fn doctor(env: &Env, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `handler outbox resync`, with a count on a terminal.
+/// `handler outbox resync`, with a progress bar on a terminal and Ctrl-C.
 async fn resync(env: &Env) -> anyhow::Result<()> {
-    use std::io::{IsTerminal as _, Write as _};
     let settings = Settings::from_env(env)?;
     anyhow::ensure!(
         settings.mongodb.source == config::EventSource::ChangeStream,
@@ -293,19 +292,14 @@ async fn resync(env: &Env) -> anyhow::Result<()> {
     let publisher = outbox_relay::publisher::Publisher::new(&settings.eventgrid)?;
     let relay = outbox_relay::relay::Relay::new(storage, publisher, settings.relay.clone())
         .with_event_types(settings.event_types.clone());
-    let terminal = std::io::stderr().is_terminal();
+    let interrupt = CancellationToken::new();
+    ops::terminal::watch_interrupts(interrupt.clone());
+    let bar = ops::terminal::Bar::new("documents");
     let done = relay
-        .resync(&CancellationToken::new(), |n| {
-            if terminal {
-                eprint!("\rresync: {n} documents published");
-                let _ = std::io::stderr().flush();
-            }
-        })
+        .resync(&interrupt, &bar)
         .await
         .context("resync did not finish")?;
-    if terminal {
-        eprintln!();
-    }
+    drop(bar);
     emit(&format!(
         "resynced {} documents ({} published, {} dead-lettered); the stream resumes from before the snapshot\n",
         done.documents, done.published, done.dead_lettered
@@ -317,8 +311,8 @@ async fn resync(env: &Env) -> anyhow::Result<()> {
 async fn replay(env: &Env, request: &ops::replay::ReplayRequest) -> anyhow::Result<()> {
     let settings = Settings::from_env(env)?;
     let interrupt = CancellationToken::new();
-    ops::replay::watch_interrupts(interrupt.clone());
-    let bar = ops::replay::Bar::new();
+    ops::terminal::watch_interrupts(interrupt.clone());
+    let bar = ops::terminal::Bar::new("events");
     let summary = ops::replay::run(&settings, request, &interrupt, &bar).await;
     drop(bar);
     let summary = summary.context("replay stopped")?;

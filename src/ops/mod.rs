@@ -4,6 +4,7 @@
 
 pub mod doctor;
 pub mod replay;
+pub mod terminal;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

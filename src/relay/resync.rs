@@ -17,6 +17,7 @@ use super::time::instant_after;
 use crate::config::LEASE_MARGIN_DIVISOR;
 use crate::db::DbError;
 use crate::outbox::stream::{ChangeStore, Lease, StreamError};
+use crate::progress::Progress;
 
 /// What a resync did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -50,14 +51,15 @@ pub enum ResyncError {
 
 impl Relay {
     /// Publishes every document as a snapshot event, then sets the stream's position to the
-    /// one recorded before the snapshot began. `progress` is told each batch's count.
+    /// one recorded before the snapshot began. `progress` is told the documents'
+    /// estimated number, then each batch's count.
     ///
     /// # Errors
     /// See [`ResyncError`].
     pub async fn resync(
         &self,
         shutdown: &CancellationToken,
-        mut progress: impl FnMut(u64),
+        progress: &dyn Progress,
     ) -> Result<Resynced, ResyncError> {
         let store = self.storage.change_store().await?;
         let owner = format!("resync, pid {}", std::process::id());
@@ -67,9 +69,7 @@ impl Relay {
         else {
             return Err(ResyncError::ReaderActive);
         };
-        let outcome = self
-            .snapshot(&store, &mut lease, shutdown, &mut progress)
-            .await;
+        let outcome = self.snapshot(&store, &mut lease, shutdown, progress).await;
         let _ = store.release(&lease, Utc::now()).await;
         outcome
     }
@@ -79,11 +79,12 @@ impl Relay {
         store: &ChangeStore,
         lease: &mut Lease,
         shutdown: &CancellationToken,
-        progress: &mut impl FnMut(u64),
+        progress: &dyn Progress,
     ) -> Result<Resynced, ResyncError> {
         let position = store.present_position().await?;
         let name = uuid::Uuid::new_v4().simple().to_string();
         let mut snapshot = store.snapshot().await?;
+        progress.start(store.estimated_documents().await?);
         let mut done = Resynced::default();
         let limit = self.settings.batch_size.get() as usize;
         let (database, collection) = (store.database(), store.collection());
@@ -116,7 +117,7 @@ impl Relay {
                 return Err(ResyncError::Stopped(stop));
             }
             done.documents += count;
-            progress(done.documents);
+            progress.advance(count);
         }
         store
             .save(

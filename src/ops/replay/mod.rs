@@ -11,7 +11,6 @@
 //! sends nothing twice. Only a request whose outcome is unknown (the process killed during it,
 //! a timeout) can be sent again, with the same ids — as the relay does.
 
-mod terminal;
 mod wire;
 
 use std::time::Duration;
@@ -20,7 +19,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use self::terminal::{Bar, watch_interrupts};
 pub use self::wire::derived_id;
 
 use crate::config::Settings;
@@ -30,6 +28,7 @@ use crate::outbox::Storage;
 use crate::outbox::store::{
     ReplayCheckpoint, ReplayCheckpoints, ReplayWindow, stored_time, window_time,
 };
+use crate::progress::Progress;
 use crate::publisher::batch::{self, MAX_REQUEST_BYTES};
 use crate::publisher::{Outcome, PublishFailure, Publisher, PublisherError, backoff};
 
@@ -116,14 +115,6 @@ pub enum ReplayError {
         /// What Event Grid said.
         failure: PublishFailure,
     },
-}
-
-/// Shows progress; [`Bar`] draws it on a terminal.
-pub trait Progress {
-    /// The number of events to send is known.
-    fn start(&self, total: u64);
-    /// `n` more were accepted.
-    fn advance(&self, n: u64);
 }
 
 /// Runs the replay until done, refused or `interrupt`ed (checked between requests).

@@ -28,6 +28,19 @@ impl ChangeStore {
         })
     }
 
+    /// The server's estimate of the documents in the collection (from its metadata, no scan;
+    /// idempotency records count too): the length of a resync's progress bar.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn estimated_documents(&self) -> Result<u64, StreamError> {
+        Ok(self
+            .documents
+            .estimated_document_count()
+            .await
+            .map_err(classify)?)
+    }
+
     /// Every document of the collection (never an outbox entry or a record), in `_id` order.
     ///
     /// # Errors
