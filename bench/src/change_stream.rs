@@ -16,7 +16,7 @@
 //! The outbox source's figures for the same rates are the `latency` scenario's
 //! `standalone_default_*` runs; `make bench` runs both, and the report puts them side by side.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,11 @@ use anyhow::Context as _;
 use mongodb::bson::{self, Document, doc};
 use serde_json::{Value, json};
 
-use crate::latency::{first_acceptance, now_ms};
+use crate::latency::{Written, commit_to_accepted, first_acceptance, now_ms};
 use crate::procs::{self, CpuMeter};
 use crate::round;
 use crate::scenarios::Ctx;
-use crate::writes::{document, percentile};
+use crate::writes::document;
 
 const COLLECTION: &str = "documents";
 const OUTBOX: &str = "outbox";
@@ -286,12 +286,7 @@ async fn latency(
         .collect();
     let requests = rx.call(reqwest::Method::GET, "/_receiver/requests").await?;
     let accepted = first_acceptance(&documents, &requests);
-    let mut lat: Vec<u64> = written
-        .ok
-        .iter()
-        .filter_map(|(id, at)| accepted.get(id).map(|got| got.saturating_sub(*at)))
-        .collect();
-    lat.sort_unstable();
+    let lat = written.latencies(&accepted);
     let lost = written.ok.len() - lat.len();
     if lost > 0 {
         failures.push(format!(
@@ -318,24 +313,11 @@ async fn latency(
         "insert_errors": written.errors,
         "events_accepted": lat.len(),
         "lost": lost,
-        "commit_to_accepted_ms": if lat.is_empty() { Value::Null } else { json!({
-            "p50": percentile(&lat, 50.0),
-            "p99": percentile(&lat, 99.0),
-            "max": lat.last(),
-        }) },
+        "commit_to_accepted_ms": commit_to_accepted(&lat),
         "cpu_seconds": cpu_seconds,
         "mongod_cpu_us_per_event": per("mongod"),
         "handler_cpu_us_per_event": per("handler"),
     }))
-}
-
-/// What the writers got back.
-#[derive(Default)]
-struct Written {
-    /// Document id → when its insert was acknowledged (wall clock, ms).
-    ok: HashMap<String, u64>,
-    errors: usize,
-    samples: Vec<String>,
 }
 
 /// Inserts `rate` documents a second for `seconds`, each at its own scheduled time.

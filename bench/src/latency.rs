@@ -188,12 +188,7 @@ async fn one(
     handler.stop().await;
     ctx.drop_database(&database).await;
 
-    let mut lat: Vec<u64> = written
-        .ok
-        .iter()
-        .filter_map(|(id, at)| accepted.get(id).map(|got| got.saturating_sub(*at)))
-        .collect();
-    lat.sort_unstable();
+    let lat = written.latencies(&accepted);
     let lost = if publishing {
         written.ok.len() - lat.len()
     } else {
@@ -223,11 +218,7 @@ async fn one(
         "write_errors": written.errors,
         "events_accepted": lat.len(),
         "lost": lost,
-        "commit_to_accepted_ms": if lat.is_empty() { Value::Null } else { json!({
-            "p50": percentile(&lat, 50.0),
-            "p99": percentile(&lat, 99.0),
-            "max": lat.last(),
-        }) },
+        "commit_to_accepted_ms": commit_to_accepted(&lat),
         "cpu_seconds": cpu_seconds,
         "mongod_cpu_us_per_write": mongod.map(|m| round(m * 1e6 / writes.max(1.0), 1)),
         "handler_cpu_us_per_write": handler_cpu.map(|h| round(h * 1e6 / writes.max(1.0), 1)),
@@ -235,13 +226,39 @@ async fn one(
     }))
 }
 
-/// What the writers got back.
+/// What an open-loop writer got back (the HTTP writes here, the change-stream scenario's
+/// direct inserts).
 #[derive(Default)]
-struct Written {
-    /// Event id → when its `201` arrived (wall clock, ms).
-    ok: HashMap<String, u64>,
-    errors: usize,
-    samples: Vec<String>,
+pub(crate) struct Written {
+    /// Id → when its write was acknowledged (wall clock, ms).
+    pub(crate) ok: HashMap<String, u64>,
+    pub(crate) errors: usize,
+    pub(crate) samples: Vec<String>,
+}
+
+impl Written {
+    /// Acknowledged → accepted, in ms, sorted, for every write whose id was `accepted`.
+    pub(crate) fn latencies(&self, accepted: &HashMap<String, u64>) -> Vec<u64> {
+        let mut lat: Vec<u64> = self
+            .ok
+            .iter()
+            .filter_map(|(id, at)| accepted.get(id).map(|got| got.saturating_sub(*at)))
+            .collect();
+        lat.sort_unstable();
+        lat
+    }
+}
+
+/// The `commit_to_accepted_ms` figure of sorted latencies: p50, p99 and max, or null.
+pub(crate) fn commit_to_accepted(lat: &[u64]) -> Value {
+    if lat.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "p50": percentile(lat, 50.0),
+        "p99": percentile(lat, 99.0),
+        "max": lat.last(),
+    })
 }
 
 /// Sends `rate` writes a second for `seconds`, each at its own scheduled time.
