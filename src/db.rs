@@ -288,6 +288,54 @@ pub async fn create_collection(db: &Database, name: &str) -> Result<(), DbError>
     }
 }
 
+/// What a server says to Cosmos DB for MongoDB RU's extension command `{customAction:
+/// "GetCollection", collection}` (Microsoft Learn, "MongoDB extension commands"), which only RU
+/// has. Asked where the handler must know whether the server is RU: how the documents'
+/// collection is sharded (`outbox::placement`), whose change-stream rules apply
+/// (`outbox::stream::target`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuCollection {
+    /// RU described the collection (shard key, throughput, limits).
+    Described(mongodb::bson::Document),
+    /// RU, and the collection does not exist yet (26 `NamespaceNotFound`).
+    Missing,
+    /// Not RU: the server has no such command (MongoDB 59 `CommandNotFound`, Azure DocumentDB
+    /// 115 `CommandNotSupported`).
+    NotRu,
+}
+
+/// Asks `GetCollection` of `collection`.
+///
+/// # Errors
+/// Any other error the server or the connection gave.
+pub async fn get_collection(
+    database: &Database,
+    collection: &str,
+) -> mongodb::error::Result<RuCollection> {
+    read_get_collection(
+        database
+            .run_command(doc! { "customAction": "GetCollection", "collection": collection })
+            .await,
+    )
+}
+
+/// Reads the answer to `GetCollection`.
+///
+/// # Errors
+/// Any error but the three [`RuCollection`] names.
+pub fn read_get_collection(
+    asked: mongodb::error::Result<mongodb::bson::Document>,
+) -> mongodb::error::Result<RuCollection> {
+    match asked {
+        Ok(answer) => Ok(RuCollection::Described(answer)),
+        Err(e) => match error_code(&e) {
+            Some(26) => Ok(RuCollection::Missing),
+            Some(59 | 115) => Ok(RuCollection::NotRu),
+            _ => Err(e),
+        },
+    }
+}
+
 /// Runs `ping` against the database: is it reachable now?
 ///
 /// # Errors

@@ -23,10 +23,7 @@ use mongodb::bson::{Document, doc};
 
 use super::Placement;
 use crate::config::MongoSettings;
-use crate::db::{DbError, classify, error_code};
-
-/// MongoDB's code for a missing collection (RU's `GetCollection` of one not created yet).
-const NAMESPACE_NOT_FOUND: i32 = 26;
+use crate::db::{DbError, RuCollection, classify, get_collection};
 
 /// What the server says about the documents' collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,18 +71,15 @@ impl std::fmt::Display for Refusal {
 /// # Errors
 /// When the database cannot be reached or is busy (a later call tries again).
 pub(super) async fn detect(database: &Database, collection: &str) -> Result<Collection, DbError> {
-    let asked = database
-        .run_command(doc! { "customAction": "GetCollection", "collection": collection })
-        .await;
+    let asked = get_collection(database, collection).await;
     let unknown_size = |sharding| Collection {
         sharding,
         max_document_bytes: None,
     };
     match asked {
-        Ok(answer) => return Ok(from_get_collection(&answer)),
-        Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => {
-            return Ok(unknown_size(Sharding::Unsharded));
-        }
+        Ok(RuCollection::Described(answer)) => return Ok(from_get_collection(&answer)),
+        Ok(RuCollection::Missing) => return Ok(unknown_size(Sharding::Unsharded)),
+        Ok(RuCollection::NotRu) => {}
         Err(e) => {
             let e = classify(e);
             if e.is_retryable() {

@@ -11,12 +11,7 @@
 use mongodb::bson::{Document, doc};
 
 use crate::config::{MongoSettings, StreamTarget};
-use crate::db::{Db, DbError, classify, error_code};
-
-/// `CommandNotFound`, `CommandNotSupported`: the server has no `customAction`.
-const NO_SUCH_COMMAND: [i32; 2] = [59, 115];
-/// `NamespaceNotFound`.
-const NAMESPACE_NOT_FOUND: i32 = 26;
+use crate::db::{Db, DbError, RuCollection, classify, get_collection};
 
 /// Cosmos DB for MongoDB RU's mandatory stages after `$changeStream` (with
 /// `fullDocument: "updateLookup"`, which every target's stream is opened with): Microsoft
@@ -88,29 +83,23 @@ fn host_target(settings: &MongoSettings) -> Option<StreamTarget> {
 
 /// Asks the server `GetCollection`.
 async fn probe(db: &Db) -> Result<(StreamTarget, &'static str), DbError> {
-    let settings = db.settings();
     let database = db.database().await?;
-    let asked = database
-        .run_command(doc! { "customAction": "GetCollection", "collection": &settings.collection })
-        .await;
-    interpret(asked)
+    interpret(get_collection(&database, &db.settings().collection).await)
 }
 
 fn interpret(
-    asked: mongodb::error::Result<Document>,
+    asked: mongodb::error::Result<RuCollection>,
 ) -> Result<(StreamTarget, &'static str), DbError> {
     match asked {
-        Ok(_) => Ok((
+        Ok(RuCollection::Described(_)) => Ok((
             StreamTarget::CosmosRu,
             "OUTBOX_CHANGE_STREAM_TARGET=auto: the server answers Cosmos DB RU's customAction GetCollection",
         )),
-        // RU answers `GetCollection` of a collection not created yet with 26; others have no
-        // such command.
-        Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => Ok((
+        Ok(RuCollection::Missing) => Ok((
             StreamTarget::CosmosRu,
             "OUTBOX_CHANGE_STREAM_TARGET=auto: the server knows Cosmos DB RU's customAction GetCollection (the collection does not exist yet)",
         )),
-        Err(e) if error_code(&e).is_some_and(|c| NO_SUCH_COMMAND.contains(&c)) => Ok((
+        Ok(RuCollection::NotRu) => Ok((
             StreamTarget::MongoDb,
             "OUTBOX_CHANGE_STREAM_TARGET=auto: neither the host name nor the server says Cosmos DB; set documentdb for Azure DocumentDB behind another name",
         )),
@@ -131,6 +120,7 @@ fn interpret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::read_get_collection;
 
     #[test]
     fn only_cosmos_ru_gets_the_mandatory_pipeline_and_mongodb_has_no_limits() {
@@ -153,16 +143,16 @@ mod tests {
 
     #[test]
     fn an_answer_to_get_collection_means_cosmos_ru_and_no_such_command_mongodb() {
-        let ok = interpret(Ok(doc! { "ok": 1 })).unwrap();
+        let ok = interpret(read_get_collection(Ok(doc! { "ok": 1 }))).unwrap();
         assert_eq!(ok.0, StreamTarget::CosmosRu);
         let refused = |code: i32, name: &str| {
             let command: mongodb::error::CommandError = mongodb::bson::from_document(doc! {
                 "code": code, "codeName": name, "errmsg": "refused",
             })
             .unwrap();
-            interpret(Err(mongodb::error::Error::from(
+            interpret(read_get_collection(Err(mongodb::error::Error::from(
                 mongodb::error::ErrorKind::Command(command),
-            )))
+            ))))
             .unwrap()
             .0
         };
