@@ -79,7 +79,8 @@ impl ChangeFeed {
     /// The next read. Cancel-safe: a read not taken stays for the next call.
     ///
     /// # Errors
-    /// The stream's error; the feed is finished then (open the stream again).
+    /// The stream's error; the feed is finished then (open the stream again), and its
+    /// [`ChangeFeed::position`] is after every change taken before the error.
     pub(super) async fn next(&mut self) -> Result<Next, StreamError> {
         let Some(item) = self.items.recv().await else {
             // Only a panic ends the task before its stream errs; its message is logged.
@@ -87,10 +88,11 @@ impl ChangeFeed {
                 mongodb::error::Error::custom("the change stream's reading task panicked"),
             )));
         };
-        let read = item.read?;
+        // An error's position counts too: every change before it was taken (on Cosmos DB RU
+        // it ends the page being read).
         self.position = item.position;
         Ok(Next {
-            read,
+            read: item.read?,
             took: item.took,
         })
     }

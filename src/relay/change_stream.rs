@@ -177,6 +177,8 @@ struct Gathered {
     ended: Option<String>,
     /// The batch ended on an empty page the server returned at once (throttled).
     empty_at_once: bool,
+    /// The stream failed after the batch's changes: settle them, then open it again.
+    failed: Option<StreamError>,
 }
 
 impl Reader<'_> {
@@ -216,7 +218,7 @@ impl Reader<'_> {
                     return Ok(());
                 }
             }
-            let batch = self.gather(&mut changes).await?;
+            let batch = self.gather(&mut changes).await;
             let settled_some = !batch.events.is_empty();
             if settled_some {
                 self.renew_if_half_gone().await?;
@@ -224,7 +226,12 @@ impl Reader<'_> {
                     return Ok(());
                 }
             }
-            if settled_some || saved_at.elapsed() >= self.relay.settings.lease / 3 {
+            // A failed stream first saves what it settled (on Cosmos DB RU, the page it had
+            // read to its end), so the stream opened again does not read it twice.
+            if settled_some
+                || batch.failed.is_some()
+                || saved_at.elapsed() >= self.relay.settings.lease / 3
+            {
                 // Everything read so far is settled: the position moves past it (on an idle
                 // stream, to the server's scan position, which keeps it inside the history).
                 if let Some(position) = changes.position() {
@@ -240,6 +247,9 @@ impl Reader<'_> {
                     self.checkpoint.token = Some(position);
                     saved_at = Instant::now();
                 }
+            }
+            if let Some(failed) = batch.failed {
+                return Err(failed);
             }
             if batch.empty_at_once {
                 empty_streak = empty_streak.saturating_add(1);
@@ -273,20 +283,28 @@ impl Reader<'_> {
     /// until the batch is full or the stream ends.
     ///
     /// The stream is read by its own task ([`ChangeFeed`]), so cutting the wait short at the
-    /// linger's end never drops a read half done.
-    async fn gather(&self, changes: &mut ChangeFeed) -> Result<Gathered, StreamError> {
+    /// linger's end never drops a read half done. A stream error ends the batch and is kept
+    /// in it ([`Gathered::failed`]): the changes before it are still published.
+    async fn gather(&self, changes: &mut ChangeFeed) -> Gathered {
         let limit = self.relay.settings.batch_size.get() as usize;
         let mut batch = Gathered::default();
         let mut linger_end: Option<Instant> = None;
         let (database, collection) = (self.store.database(), self.store.collection());
         loop {
             let next = match linger_end {
-                None => changes.next().await?,
+                None => changes.next().await,
                 // Cancel-safe: a read not taken now is the next batch's first.
                 Some(end) => match tokio::time::timeout_at(end, changes.next()).await {
-                    Ok(next) => next?,
+                    Ok(next) => next,
                     Err(_lingered) => break,
                 },
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(e) => {
+                    batch.failed = Some(e);
+                    break;
+                }
             };
             let Some(read) = next.read else {
                 // Nothing within the wait; an empty page at once is a throttled stream.
@@ -311,7 +329,7 @@ impl Reader<'_> {
                 break;
             }
         }
-        Ok(batch)
+        batch
     }
 
     /// Publishes one batch; `true` when it is settled (every change accepted or

@@ -101,6 +101,16 @@ impl Pages {
             *self = Self::starting_at(position);
         }
     }
+
+    /// The stream failed. The driver asks the server again (`getMore`, or the `aggregate` of
+    /// its own resume) only once it has handed out every change of the page before, so that
+    /// page was read to its end: a reader that settles what it read may save past it instead
+    /// of reading it again (a throttled RU stream answers 16500 between pages).
+    fn on_error(&mut self) {
+        if let Some(ended) = self.current.take() {
+            *self = Self::starting_at(mongodb::bson::from_bson(ended).ok());
+        }
+    }
 }
 
 impl std::fmt::Debug for Changes {
@@ -205,7 +215,12 @@ impl ChangeStore {
                 }
                 Ok(None)
             }
-            Err(e) => Err(self.failed(e, from)),
+            Err(e) => {
+                if let Some(pages) = &mut changes.pages {
+                    pages.on_error();
+                }
+                Err(self.failed(e, from))
+            }
         }
     }
 }
@@ -391,6 +406,24 @@ mod tests {
         // An empty page: everything up to the server's position was read.
         pages.on_empty(Some(p1.clone()));
         assert_eq!((pages.done, pages.current), (Some(p1), None));
+    }
+
+    #[test]
+    fn on_cosmos_ru_an_error_after_a_page_ends_it_and_before_any_page_moves_nothing() {
+        let token = |t: &str| -> ResumeToken {
+            mongodb::bson::from_bson(Bson::Document(doc! { "_data": t })).unwrap()
+        };
+        let mut pages = Pages::starting_at(Some(token("p0")));
+        pages.on_error();
+        assert_eq!(pages.done, Some(token("p0")), "nothing read: nothing moves");
+        positions(
+            &mut pages,
+            &[ru_change("p1", "a", 1), ru_change("p1", "b", 1)],
+        );
+        assert_eq!(pages.done, Some(token("p0")));
+        // The driver asked the server again, so it had handed out all of p1.
+        pages.on_error();
+        assert_eq!((pages.done, pages.current), (Some(token("p1")), None));
     }
 
     #[test]
