@@ -21,6 +21,7 @@
 //! Reading a document back (`read.rs`: validate the id → read through the storage → the
 //! document with its revision, or [`ReadError`]) writes nothing.
 
+mod admission;
 mod decide;
 mod meta;
 mod plan;
@@ -38,6 +39,7 @@ use crate::outbox::Storage;
 use crate::outbox::idempotency::Recorded;
 use crate::outbox::write::{Change, Committed, PlacementStore, Refusal, WriteFailure};
 use crate::push::Handoff;
+use admission::{Admission, Refused};
 use decide::Planned;
 use plan::Plan;
 use retry::GaveUp;
@@ -141,6 +143,13 @@ pub enum WriteError {
     /// The `Idempotency-Key` was used before for a different request.
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    /// As many writes run and wait as `MONGODB_MAX_CONCURRENT_WRITES` allows: this one was
+    /// turned away before touching the database; try again after `retry_after`.
+    #[error("too many writes at once; try again after the Retry-After delay")]
+    Busy {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The database is unreachable, throttling, or too slow; try again after `retry_after`.
     #[error("the database is unavailable")]
     Unavailable {
@@ -166,6 +175,8 @@ pub struct DocumentService {
     /// The topic's CloudEvents `source` prefix when it takes CloudEvents, whose envelope is
     /// larger: a write whose event would not fit on the wire is refused before it is written.
     cloudevents_source: Option<String>,
+    /// Bounds the writes running against the database at once.
+    admission: Arc<Admission>,
 }
 
 impl DocumentService {
@@ -173,7 +184,11 @@ impl DocumentService {
     /// for a drain.
     #[must_use]
     pub fn new(storage: Arc<Storage>, event_types: EventTypes) -> Self {
+        let admission = Arc::new(Admission::new(
+            storage.settings().max_concurrent_writes.get(),
+        ));
         Self {
+            admission,
             storage,
             event_types,
             push: None,
@@ -215,6 +230,16 @@ impl DocumentService {
             self.cloudevents_source.as_deref(),
         )?;
         tracing::Span::current().record("document.id", plan.id.as_str());
+        let deadline = started + settings.write_timeout;
+        let turn = self.admission.admit(deadline).await.map_err(|refused| {
+            crate::metrics::global().write_refused_busy();
+            match refused {
+                Refused::Busy => WriteError::Busy {
+                    retry_after: Duration::from_secs(1),
+                },
+                Refused::TimedOut => unavailable(None),
+            }
+        })?;
         let ready = tokio::time::timeout(settings.write_timeout, self.storage.ready())
             .await
             .map_err(|_| unavailable(None))?
@@ -230,8 +255,10 @@ impl DocumentService {
             hold: self.push.as_ref().map(Handoff::hold),
         };
         let change: &dyn Change = &planned;
-        let deadline = started + settings.write_timeout;
-        let written = match retry::until_deadline(deadline, || writer.write(change)).await {
+        let attempted = retry::until_deadline(deadline, || writer.write(change)).await;
+        // The database's part is done: waiting for the publish takes no turn.
+        drop(turn);
+        let written = match attempted {
             Ok(committed) => {
                 let kicked = (self.push.as_ref())
                     .zip(planned.hold)

@@ -444,6 +444,14 @@ async fn run(
                 &l[run]["commit_to_accepted_ms"]["p99"],
                 Goal::AtMost(p99_goal),
             ));
+            // A write turned away (503, MONGODB_MAX_CONCURRENT_WRITES) is not broken, but the
+            // offered rate was not carried.
+            targets.push(target(
+                &format!("latency {run} writes accepted"),
+                "%",
+                &l[run]["accepted_share_pct"],
+                Goal::AtLeast(100.0),
+            ));
         }
         figures["latency"] = l;
     }

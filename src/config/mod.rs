@@ -22,6 +22,7 @@
 //! | `MONGODB_DATABASE` | `outbox` | database |
 //! | `MONGODB_COLLECTION` | `documents` | collection of the business documents |
 //! | `MONGODB_WRITE_TIMEOUT_MS` | `10000` | budget of one document write, transaction retries included |
+//! | `MONGODB_MAX_CONCURRENT_WRITES` | `16` | writes running against the database at once; 16 times as many may wait, the rest get 503 at once |
 //! | `MONGODB_SHARD_KEY` | — | shard key field of a sharded collection (copied onto entries) |
 //! | `OUTBOX_COLLECTION` | `outbox` | collection of the outbox entries (`separate` placement) |
 //! | `OUTBOX_PLACEMENT` | `auto` | `separate`, `colocated` (entries in the documents' collection), `embedded` (events in each document) or `auto` |
@@ -532,6 +533,9 @@ mod tests {
             ("OUTBOX_RETENTION_HOURS", "18446744073709551615"),
             ("OUTBOX_PUBLISH_CONCURRENCY", "65"),
             ("MONGODB_WRITE_TIMEOUT_MS", "0"),
+            ("MONGODB_MAX_CONCURRENT_WRITES", "0"),
+            ("MONGODB_MAX_CONCURRENT_WRITES", "10001"),
+            ("MONGODB_MAX_CONCURRENT_WRITES", "lots"),
             ("EVENTGRID_PUBLISH_RETRIES", "4"),
             ("OUTBOX_PLACEMENT", "beside"),
             ("MONGODB_SHARD_KEY", "a.b"),

@@ -1,6 +1,7 @@
 //! Where the data lives: `MONGODB_*`, the outbox's collection, placement, retention,
 //! idempotency and ordering.
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -50,6 +51,9 @@ pub struct MongoSettings {
     pub outbox_collection: String,
     /// Budget of one document write, transaction retries included.
     pub write_timeout: Duration,
+    /// Writes run against the database at once (`MONGODB_MAX_CONCURRENT_WRITES`); 16 times
+    /// as many may wait, the rest are answered 503 at once.
+    pub max_concurrent_writes: NonZeroUsize,
     /// How long published entries are kept before the TTL index (or the relay) removes them.
     pub retention: Duration,
     /// Where entries live.
@@ -128,6 +132,7 @@ impl MongoSettings {
             stream_target,
             embedded: EmbeddedSettings::from_env(env)?,
             write_timeout: env.millis_or("MONGODB_WRITE_TIMEOUT_MS", 10_000)?,
+            max_concurrent_writes: max_concurrent_writes_from_env(env)?,
             retention,
         })
     }
@@ -154,6 +159,24 @@ fn shard_key_from_env(env: &Env) -> Result<Option<String>, ConfigError> {
         ));
     }
     Ok(shard_key)
+}
+
+/// `MONGODB_MAX_CONCURRENT_WRITES`: 1 to 10,000, default 16 (the bench machine's best
+/// throughput; see `documents/admission.rs`).
+fn max_concurrent_writes_from_env(env: &Env) -> Result<NonZeroUsize, ConfigError> {
+    const WHAT: &str = "a whole number from 1 to 10000";
+    let n: NonZeroUsize = env.parse_or(
+        "MONGODB_MAX_CONCURRENT_WRITES",
+        NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
+        WHAT,
+    )?;
+    if n.get() > 10_000 {
+        return Err(ConfigError::new(
+            "MONGODB_MAX_CONCURRENT_WRITES",
+            format!("must be {WHAT}, got {n}"),
+        ));
+    }
+    Ok(n)
 }
 
 /// `OUTBOX_ORDERING`: `none` or `subject`.

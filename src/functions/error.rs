@@ -156,6 +156,7 @@ fn write_answer(e: &WriteError) -> Answer {
             "ServiceUnavailable",
             "the service is temporarily unavailable".to_owned(),
         ),
+        W::Busy { .. } => (S::SERVICE_UNAVAILABLE, "ServiceUnavailable", own()),
         W::Internal(_) => (
             S::INTERNAL_SERVER_ERROR,
             "InternalError",
@@ -231,6 +232,10 @@ impl ApiError {
         let (status, code, message) = self.answer();
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %chain(self), "Request failed");
+        } else if matches!(self, Self::Write(WriteError::Busy { .. })) {
+            // Counted (outbox.writes.refused_busy); a line per refusal would flood the log
+            // exactly when the service is overloaded.
+            tracing::debug!(error = %self, "Request refused: too many writes at once");
         } else if status.is_server_error() {
             tracing::warn!(error = %chain(self), "Request failed: service unavailable");
         } else {
@@ -241,7 +246,9 @@ impl ApiError {
             &json!({ "error": { "code": code, "message": message } }),
         );
         match self {
-            Self::Write(WriteError::Unavailable { retry_after, .. })
+            Self::Write(
+                WriteError::Unavailable { retry_after, .. } | WriteError::Busy { retry_after },
+            )
             | Self::Read(ReadError::Unavailable { retry_after, .. }) => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0);
                 r = r.with_header(header::RETRY_AFTER, format!("{secs:.0}"));

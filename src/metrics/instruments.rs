@@ -67,6 +67,7 @@ pub struct Metrics {
     eventgrid_duration: Histogram<f64>,
     publish_lag: Histogram<f64>,
     db_throttled: Counter<u64>,
+    writes_refused_busy: Counter<u64>,
     claim_conflicts: Counter<u64>,
     change_stream_lag: Histogram<f64>,
 }
@@ -150,6 +151,11 @@ impl Metrics {
                 "{error}",
                 "Database requests throttled (Cosmos DB error 16500)",
             ),
+            writes_refused_busy: count(
+                "outbox.writes.refused_busy",
+                "{write}",
+                "Writes answered 503 before reaching the database: MONGODB_MAX_CONCURRENT_WRITES were running and as many as may were waiting, or the write's budget ended while it waited",
+            ),
             claim_conflicts: count(
                 "outbox.claim.conflicts",
                 "{entry}",
@@ -212,6 +218,11 @@ impl Metrics {
     /// Counts a database request the server throttled (16500).
     pub fn db_throttled(&self) {
         self.db_throttled.add(1, &[]);
+    }
+
+    /// Counts a write turned away before reaching the database (see `documents/admission.rs`).
+    pub fn write_refused_busy(&self) {
+        self.writes_refused_busy.add(1, &[]);
     }
 
     /// Counts due entries a claim read as candidates but found taken by another claim

@@ -28,6 +28,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod ordering;
+mod overload;
 mod push;
 mod read_document;
 mod relay;
