@@ -336,6 +336,25 @@ pub fn read_get_collection(
     }
 }
 
+/// Cosmos DB for MongoDB RU's mandatory stages after `$changeStream`, which it must be opened
+/// with `fullDocument: "updateLookup"`: Microsoft Learn, "Change streams in Azure Cosmos DB's
+/// API for MongoDB". Its changes carry no `operationType`.
+#[must_use]
+pub fn ru_change_stream_pipeline() -> Vec<mongodb::bson::Document> {
+    vec![
+        doc! { "$match": { "operationType": { "$in": ["insert", "update", "replace"] } } },
+        doc! { "$project": { "_id": 1, "fullDocument": 1, "ns": 1, "documentKey": 1 } },
+    ]
+}
+
+/// RU's answer to a change stream not of its mandatory shape: 2 `BadValue` "Change stream
+/// must be followed by a match and then a project stage" (as users of third-party tools
+/// report it; see `cosmos-proxy/src/change_stream.rs`).
+#[must_use]
+pub fn is_ru_pipeline_refusal(e: &mongodb::error::Error) -> bool {
+    error_code(e) == Some(2) && e.to_string().contains("must be followed by a match")
+}
+
 /// Runs `ping` against the database: is it reachable now?
 ///
 /// # Errors

@@ -7,9 +7,11 @@
 //!
 //! - a new entry nobody holds (written without the push path, or by another application),
 //!   reported by a change stream on the entries' collection where the server has one;
+//!   On Cosmos DB RU the stream has RU's mandatory shape and the entries are picked out of
+//!   every change (see `outbox/store/watch.rs`);
 //! - `OUTBOX_POLL_MS` passing — the sweeper's beat, and the only wake-up where there is no
-//!   change stream (Cosmos DB RU refuses this stream's shape): entries whose hold or backoff
-//!   ended, requeued dead letters, entries whose push failed.
+//!   change stream (a standalone server, a DocumentDB without its change-stream flag): entries
+//!   whose hold or backoff ended, requeued dead letters, entries whose push failed.
 //!
 //! Entries this process's writes push (see [`crate::push`]) do not need the tail at all; it is
 //! the safety net for everything else.

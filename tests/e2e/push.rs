@@ -240,6 +240,55 @@ async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
     db.drop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cosmos_ru_the_tail_watches_with_rus_mandatory_stream_and_wakes_for_unheld_entries() {
+    let proxy = crate::cosmos::proxy().await;
+    let db = TestDb::with(&[("OUTBOX_PLACEMENT", "colocated")]).await;
+    let rx = receiver::start().await;
+    // The poll is a minute away: only the change stream can wake the tail within the test.
+    let handler = Handler::standalone(&crate::cosmos::through(
+        &proxy,
+        app_settings(
+            &db,
+            &rx,
+            &[
+                ("OUTBOX_TAIL", "on"),
+                ("OUTBOX_POLL_MS", "60000"),
+                (
+                    "RUST_LOG",
+                    "info,outbox_relay::relay=debug,outbox_relay::outbox=debug",
+                ),
+            ],
+        ),
+    ))
+    .await;
+    wait_until_watching(&handler, 1, Duration::from_secs(15)).await;
+    // RU refused the stream of our own shape, then took its mandatory one.
+    let stats = proxy.handle().change_stream_stats();
+    assert!(stats.refused >= 1 && stats.opened >= 1, "{stats:?}");
+
+    // A document written beside the entries by another application, then entries nobody
+    // holds: each entry wakes the tail.
+    db.documents()
+        .insert_one(mongodb::bson::doc! { "_id": "plain" })
+        .await
+        .unwrap();
+    let mut ids = BTreeSet::new();
+    for n in 1..=2 {
+        ids.insert(insert_unheld(&db, &format!("ru-other-{n}")).await);
+        assert!(
+            rx.handle()
+                .wait_for_events(n, Duration::from_secs(20))
+                .await,
+            "RU's change stream did not wake the tail for entry {n}:\n{}",
+            handler.output()
+        );
+    }
+    assert_eq!(accepted(&rx), ids);
+    db.drop().await;
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn two_pushing_instances_and_their_tails_publish_every_event_once() {
     let db = TestDb::new().await;

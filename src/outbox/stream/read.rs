@@ -13,7 +13,7 @@ use mongodb::options::FullDocumentType;
 
 use super::{ChangeStore, Checkpoint, StreamError, chrono_time};
 use crate::config::StreamTarget;
-use crate::db::{classify, error_code};
+use crate::db::{classify, error_code, is_ru_pipeline_refusal};
 use crate::domain::stream_change::{ChangeKind, StreamChange};
 use crate::outbox::{idempotency, store};
 
@@ -223,13 +223,6 @@ impl ChangeStore {
             }
         }
     }
-}
-
-/// RU's answer to a change stream not of its mandatory shape: 2 `BadValue` "Change stream
-/// must be followed by a match and then a project stage" (as users of third-party tools
-/// report it; see `cosmos-proxy/src/change_stream.rs`).
-fn is_ru_pipeline_refusal(e: &mongodb::error::Error) -> bool {
-    error_code(e) == Some(2) && e.to_string().contains("must be followed by a match")
 }
 
 impl Changes {

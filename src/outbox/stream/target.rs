@@ -8,21 +8,18 @@
 //! DocumentDB `CommandNotSupported`, dsync#330): a server that answers it is RU. Anything else
 //! is taken for MongoDB; Azure DocumentDB behind another name must be set explicitly.
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::Document;
 
 use crate::config::{MongoSettings, StreamTarget};
 use crate::db::{Db, DbError, RuCollection, classify, get_collection};
 
-/// Cosmos DB for MongoDB RU's mandatory stages after `$changeStream` (with
-/// `fullDocument: "updateLookup"`, which every target's stream is opened with): Microsoft
-/// Learn, "Change streams in Azure Cosmos DB's API for MongoDB".
+/// The stages after `$changeStream` that `target`'s rules require (only Cosmos DB RU has any:
+/// [`crate::db::ru_change_stream_pipeline`]; every target's stream is opened with
+/// `fullDocument: "updateLookup"`).
 #[must_use]
 pub fn pipeline(target: StreamTarget) -> Vec<Document> {
     match target {
-        StreamTarget::CosmosRu => vec![
-            doc! { "$match": { "operationType": { "$in": ["insert", "update", "replace"] } } },
-            doc! { "$project": { "_id": 1, "fullDocument": 1, "ns": 1, "documentKey": 1 } },
-        ],
+        StreamTarget::CosmosRu => crate::db::ru_change_stream_pipeline(),
         StreamTarget::MongoDb | StreamTarget::DocumentDb => Vec::new(),
     }
 }
@@ -121,6 +118,7 @@ fn interpret(
 mod tests {
     use super::*;
     use crate::db::read_get_collection;
+    use mongodb::bson::doc;
 
     #[test]
     fn only_cosmos_ru_gets_the_mandatory_pipeline_and_mongodb_has_no_limits() {
