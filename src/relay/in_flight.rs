@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::marks::{Accepted, MarkSender};
 use super::report::{BatchReport, StopReason};
 use super::time::{ends_by, next_attempt_at};
 use crate::config::RelaySettings;
@@ -41,6 +42,9 @@ pub(super) struct InFlight {
     pub(super) rendered: Vec<Vec<u8>>,
     /// Stops the whole run (misconfiguration, topic down, shutdown).
     pub(super) stop: CancellationToken,
+    /// The push path: what Event Grid accepted is marked by its marking task, together with
+    /// other batches' (see [`super::marks`]), instead of by one update here.
+    pub(super) marks: Option<MarkSender>,
 }
 
 impl InFlight {
@@ -94,6 +98,25 @@ impl InFlight {
         let accepted: usize = report.accepted.iter().map(ExactSizeIterator::len).sum();
         if accepted == 0 {
             return;
+        }
+        if let Some(marks) = self.marks.as_ref().filter(|_| !self.ranged) {
+            let (ids, committed) = report
+                .accepted
+                .iter()
+                .flat_map(|r| self.entries[r.clone()].iter())
+                .map(|e| (e.event.id, e.event.event_time))
+                .unzip();
+            let handed = Accepted {
+                store: std::sync::Arc::clone(&self.store),
+                token: self.token,
+                ids,
+                committed,
+            };
+            if marks.send(handed).is_ok() {
+                report.handed_to_marks += accepted as u64;
+                return;
+            }
+            // The marking task has stopped (shutdown): mark here.
         }
         let now = Utc::now();
         let (expected, marked) = if self.ranged && accepted == self.entries.len() {

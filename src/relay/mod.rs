@@ -33,6 +33,7 @@ mod change_batch;
 mod change_feed;
 mod change_stream;
 mod in_flight;
+mod marks;
 mod push;
 mod report;
 mod resync;
@@ -332,6 +333,7 @@ impl Relay {
             entries: claim.entries,
             rendered,
             stop,
+            marks: None,
         }
     }
 }

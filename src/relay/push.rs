@@ -4,9 +4,10 @@
 //! The loop takes the first waiting event, lingers up to `OUTBOX_LINGER_MS` for more to share
 //! its request (or until a batch is full), and publishes the batch exactly as a drain publishes
 //! a claimed one ([`InFlight`]): the entries are already held by this process's token, so the
-//! batch *is* a claim, and recording its outcome is one update per batch fenced on that token.
-//! That is the push path's whole database cost per event: the claim a drain makes (find, take,
-//! read back) never happens.
+//! batch *is* a claim. What Event Grid accepted is marked published by one update fenced on
+//! that token, shared by the batches accepted within 50 ms ([`super::marks`]). That is the push
+//! path's whole database cost per event: the claim a drain makes (find, take, read back) never
+//! happens.
 //!
 //! Up to `OUTBOX_PUBLISH_CONCURRENCY` batches are published at once. A failed publish is
 //! recorded as a drain records it (reschedule with backoff, dead letter, release); from then on
@@ -40,6 +41,7 @@ impl Relay {
     pub async fn push(&self, mut inbox: Inbox, shutdown: CancellationToken) {
         let mut in_flight: JoinSet<BatchReport> = JoinSet::new();
         let mut totals = Totals::default();
+        let (marks, marking) = super::marks::start(self.settings.batch_size.get() as usize);
         tracing::info!(
             linger_ms = super::time::millis(self.settings.linger),
             "Push path on: committed events are published at once"
@@ -62,7 +64,8 @@ impl Relay {
                 }
             };
             let (claim, receipts) = held_claim(inbox.token, batch);
-            let flight = self.in_flight(claim, store, far_future(), CancellationToken::new());
+            let mut flight = self.in_flight(claim, store, far_future(), CancellationToken::new());
+            flight.marks = Some(marks.clone());
             in_flight.spawn(async move {
                 let report = flight.run_on(crate::metrics::Path::Push).await;
                 if report.all_published(receipts.len()) {
@@ -77,6 +80,14 @@ impl Relay {
         }
         while let Some(done) = in_flight.join_next().await {
             totals.absorb(done);
+        }
+        // Every batch has handed over its marks: the marking task marks the rest and ends.
+        drop(marks);
+        match marking.await {
+            Ok(marked) => totals.report.published += marked,
+            Err(e) => {
+                tracing::error!(error = %e, "The push path's marking task failed; the sweeper publishes its events again when their holds end")
+            }
         }
         let r = &totals.report;
         tracing::info!(

@@ -242,6 +242,9 @@ pub(super) struct BatchReport {
     /// Ranges Event Grid accepted, marked published together when the batch ends.
     pub(super) accepted: Vec<Range<usize>>,
     pub(super) published: u64,
+    /// Push path: accepted by Event Grid and handed to the marking task (see
+    /// [`super::marks`]), which marks them published and counts them.
+    pub(super) handed_to_marks: u64,
     pub(super) rescheduled: u64,
     pub(super) dead_lettered: u64,
     pub(super) released: u64,
@@ -252,9 +255,10 @@ pub(super) struct BatchReport {
 }
 
 impl BatchReport {
-    /// Whether all `entries` of the batch were published and recorded as such.
+    /// Whether Event Grid accepted all `entries` of the batch, and they were marked published
+    /// or handed to be.
     pub(super) fn all_published(&self, entries: usize) -> bool {
-        self.published == entries as u64
+        self.published + self.handed_to_marks == entries as u64
     }
 
     /// Counts the batch's outcomes in the metrics, as published by `path`.
