@@ -119,6 +119,19 @@ struct Args {
     /// Directory of the `handler` and `eventgrid-receiver` binaries (default: this binary's).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// A setting for every handler the benchmark starts, as `NAME=VALUE` (repeatable), e.g.
+    /// `--handler-setting MONGODB_MAX_CONCURRENT_WRITES=32`; it is listed in the figures'
+    /// `settings`. Scenarios that set a name themselves (the latency runs' push and tail) win.
+    #[arg(long, value_parser = parse_setting)]
+    handler_setting: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE` of `--handler-setting`.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -271,6 +284,7 @@ async fn run(
         "OUTBOX_PUBLISH_CONCURRENCY".into(),
         args.publish_concurrency.to_string(),
     );
+    env.extend(args.handler_setting.iter().cloned());
     let settings: BTreeMap<&String, &String> =
         env.iter().filter(|(k, _)| *k != "MONGODB_URI").collect();
     let mut figures = json!({
