@@ -221,6 +221,90 @@ async fn a_handler_killed_between_commit_and_publish_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_mark_that_fails_after_the_topic_accepted_leaves_the_events_to_the_sweeper_with_their_ids()
+ {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let uri = db.uri_for_handler();
+    let first = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &with(&[PUSH_ONLY, SHORT_LEASE, &[("MONGODB_URI", &uri)]]),
+    ))
+    .await;
+    // The handler's first `update` fails: with the push path alone, that is its first mark
+    // of published events (the writes only insert).
+    let admin = db.client.database("admin");
+    admin
+        .run_command(mongodb::bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": 1 },
+            "data": { "failCommands": ["update"], "errorCode": 2, "appName": db.app_name() },
+        })
+        .await
+        .unwrap();
+    let mut written = BTreeSet::new();
+    for i in 0..10 {
+        written.insert(post(&first, &format!("unmarked-{i}")).await);
+    }
+    assert!(
+        rx.handle()
+            .wait_for_events(10, Duration::from_secs(15))
+            .await,
+        "{}",
+        first.output()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !first
+        .output()
+        .contains("Cannot mark pushed events published")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{}", first.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Accepted by the topic, but the failed mark left some pending under the push hold.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unmarked = db.count_entries_with("pending").await;
+    assert!(unmarked >= 1, "the failed mark left its events pending");
+    assert_eq!(rx.handle().stats().duplicate_deliveries, 0);
+
+    // Once their holds end, a tail publishes exactly those again, with the same ids.
+    let second = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &with(&[
+            SHORT_LEASE,
+            &[("OUTBOX_TAIL", "on"), ("OUTBOX_POLL_MS", "200")],
+        ]),
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while db.count_entries_with("pending").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            second.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted(&rx),
+        written,
+        "nothing lost, nothing else published"
+    );
+    // Each event left unmarked is published once more, under its own id (a mark still on its
+    // way when they were counted may have taken one of them off the list).
+    let repeats = rx.handle().stats().duplicate_deliveries;
+    assert!(
+        (1..=unmarked).contains(&repeats),
+        "{repeats} repeats for {unmarked} unmarked"
+    );
+    assert_eq!(db.count_entries_with("published").await, 10);
+    drop(first);
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;
