@@ -338,11 +338,7 @@ async fn a_position_the_server_no_longer_has_stops_the_reader_with_the_gap_and_t
         .insert_one(doc! { "_id": "y" })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.output().contains("change stream position lost") {
-        assert!(Instant::now() < deadline, "{}", h.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.wait_for_output("change stream position lost").await;
     let at_stop = checkpoints(&db).find_one(doc! {}).await.unwrap().unwrap();
     admin
         .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })

@@ -198,11 +198,7 @@ async fn after_a_lost_position_resync_publishes_every_document_once_and_the_stre
         .insert_one(doc! { "_id": "c" })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.output().contains("change stream position lost") {
-        assert!(Instant::now() < deadline, "{}", h.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.wait_for_output("change stream position lost").await;
     admin
         .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })
         .await

@@ -14,15 +14,6 @@ use crate::cosmos::{proxy, through};
 use crate::support::receiver::{self, RunningReceiver};
 use crate::support::{Handler, TestDb};
 
-/// Waits until the handler's output contains `text`.
-async fn wait_for_output(h: &Handler, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.output().contains(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", h.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Subject → the ids of the events announcing it, in arrival order.
 fn deliveries(rx: &RunningReceiver) -> HashMap<String, Vec<String>> {
     let mut by_subject: HashMap<String, Vec<String>> = HashMap::new();
@@ -58,7 +49,7 @@ async fn an_ordinary_change_stream_is_refused_by_the_proxy_and_stops_a_relay_set
         stream_settings(&db, &rx, &[("OUTBOX_CHANGE_STREAM_TARGET", "mongodb")]),
     ))
     .await;
-    wait_for_output(&h, "The change stream stopped").await;
+    h.wait_for_output("The change stream stopped").await;
     let out = h.output();
     assert!(
         out.contains("set it to cosmos-ru") && out.contains("Change stream target: mongodb"),

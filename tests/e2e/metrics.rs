@@ -59,7 +59,7 @@ async fn drain(handler: &Handler, key: Option<&str>) -> Value {
 }
 
 /// `GET /metrics` with the key; the exposition.
-async fn scrape(handler: &Handler, key: &str) -> String {
+pub async fn scrape(handler: &Handler, key: &str) -> String {
     let res = handler
         .http()
         .get(handler.url("/metrics"))
@@ -80,7 +80,7 @@ async fn scrape(handler: &Handler, key: &str) -> String {
 }
 
 /// The value of the sample of `metric` whose labels include every one of `labels`.
-fn sample(exposition: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+pub fn sample(exposition: &str, metric: &str, labels: &[&str]) -> Option<f64> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#'))

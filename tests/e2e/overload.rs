@@ -110,20 +110,8 @@ async fn writes_beyond_the_limit_and_its_queue_get_503_at_once_and_write_nothing
     assert_eq!(db.count_entries().await, created.len() as u64 + 1);
 
     // Counted for operators (a log line per refusal would flood the log under load).
-    let metrics = handler
-        .http()
-        .get(handler.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("outbox_writes_refused_busy_total"))
-        .and_then(|rest| rest.split_whitespace().last())
-        .and_then(|n| n.parse::<f64>().ok());
+    let metrics = crate::metrics::scrape(&handler, "").await;
+    let counted = crate::metrics::sample(&metrics, "outbox_writes_refused_busy_total", &[]);
     assert_eq!(counted, Some(refused.len() as f64), "{metrics}");
     db.drop().await;
 }

@@ -254,14 +254,9 @@ async fn a_mark_that_fails_after_the_topic_accepted_leaves_the_events_to_the_swe
         "{}",
         first.output()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !first
-        .output()
-        .contains("Cannot mark pushed events published")
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{}", first.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first
+        .wait_for_output("Cannot mark pushed events published")
+        .await;
     // Accepted by the topic, but the failed mark left some pending under the push hold.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let unmarked = db.count_entries_with("pending").await;

@@ -222,6 +222,19 @@ impl Handler {
         self.output.lock().unwrap().clone()
     }
 
+    /// Waits (up to 30 s) until the process has written `text`; panics with its output if not.
+    pub async fn wait_for_output(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Lines the process wrote to stderr (the host files them as errors).
     pub fn stderr_lines(&self) -> Vec<String> {
         self.output()
