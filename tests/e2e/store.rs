@@ -461,3 +461,54 @@ async fn a_claim_that_was_taken_over_changes_nothing() {
     );
     db.drop().await;
 }
+
+/// A change by id reads its own entries only, however large the backlog, and leaves them held
+/// by no one — so the same token cannot move a published entry back.
+///
+/// `mongod`'s planner once chose the claim index (status first) for a filter that named the
+/// status, and a mark of 300 ids read every pending entry of the backlog: the profiler of the
+/// test's own database shows what the update examined.
+#[tokio::test]
+async fn a_change_by_id_examines_its_own_entries_however_large_the_backlog() {
+    let db = TestDb::new().await;
+    let (store, now) = store_of(&db);
+    let backlog = 3_000;
+    let entries = (0..backlog)
+        .map(|n| entry(&db, &format!("s{n}"), 1, now - chrono::Duration::minutes(1)))
+        .collect();
+    seed(&db, entries).await;
+    let claim = store.claim(now, LEASE, backlog).await.unwrap();
+    assert_eq!(claim.entries.len(), backlog as usize);
+    let ids: Vec<EventId> = ids_of(&claim).into_iter().take(300).collect();
+
+    db.db().run_command(doc! { "profile": 2 }).await.unwrap();
+    let marked = store.mark_published(claim.token, &ids, now).await.unwrap();
+    db.db().run_command(doc! { "profile": 0 }).await.unwrap();
+    assert_eq!(marked, 300);
+
+    let profile = db
+        .db()
+        .collection::<Document>("system.profile")
+        .find_one(doc! { "op": "update", "ns": db.outbox().namespace().to_string() })
+        .await
+        .unwrap()
+        .expect("the profiler recorded the mark");
+    let examined = profile
+        .get_i64("docsExamined")
+        .or_else(|_| profile.get_i32("docsExamined").map(i64::from));
+    assert_eq!(
+        examined.unwrap(),
+        300,
+        "the mark read only its own entries, not the backlog of {backlog}: {profile}"
+    );
+
+    let state = entry_state(&db, &ids[0].to_string()).await;
+    assert_eq!(state.get_str("status").unwrap(), "published");
+    assert_eq!(state.get("lease_token"), Some(&bson::Bson::Null));
+    assert_eq!(
+        store.release(claim.token, &ids, now).await.unwrap(),
+        0,
+        "a published entry is no longer held by the token that published it"
+    );
+    db.drop().await;
+}

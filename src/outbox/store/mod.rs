@@ -20,7 +20,7 @@
 //! ```text
 //! { _id: UUID (the event id; binary, so it never collides with a document's string _id),
 //!   _outbox: { status: "pending" | "published" | "dead" | "skipped",
-//!              due_at, lease_token (the claim holding it, or that published it; else null),
+//!              due_at, lease_token (the claim holding it; null when none does),
 //!              attempts, claims, created_at,
 //!              published_at?, dead_at?, skipped_at?, requeued_at?,
 //!              last_error?, history?: [..10 last errors],
