@@ -100,17 +100,13 @@ impl InFlight {
             return;
         }
         if let Some(marks) = self.marks.as_ref().filter(|_| !self.ranged) {
-            let (ids, committed) = report
-                .accepted
-                .iter()
-                .flat_map(|r| self.entries[r.clone()].iter())
-                .map(|e| (e.event.id, e.event.event_time))
-                .unzip();
             let handed = Accepted {
                 store: std::sync::Arc::clone(&self.store),
                 token: self.token,
-                ids,
-                committed,
+                ids: (report.accepted.iter())
+                    .flat_map(|r| self.ids(r.clone()))
+                    .collect(),
+                lags: self.lags(&report.accepted, Utc::now()).collect(),
             };
             if marks.send(handed).is_ok() {
                 report.handed_to_marks += accepted as u64;

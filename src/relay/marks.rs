@@ -1,12 +1,16 @@
-//! The push path's marks: events Event Grid accepted are marked published a few batches at a
+//! The push path's marks: events Event Grid accepted are marked published many batches at a
 //! time, not one update per pushed batch.
 //!
 //! Why: a pushed batch is small (what arrived within `OUTBOX_LINGER_MS`, ~5 events at 1,000
 //! writes/s), and an `updateMany` costs `mongod` about as much for 5 entries as for 100 — the
-//! command, not the entries, was most of the push path's database cost per event. The marks of
-//! the batches accepted within [`MARK_EVERY`] (or up to `OUTBOX_BATCH_SIZE` events) go in one
-//! update, fenced on the process's push token as before. Nothing waits for it: the writes'
-//! receipts say "published" once Event Grid accepted the event.
+//! command, not the entries, was most of the push path's database cost per event. Measured on
+//! a real `mongod` marking 1,000 entries a second: ~93 µs of CPU per entry in updates of 50
+//! (one every 50 ms), ~63 µs in updates of 250, ~56 µs in updates of 1,000, against ~52 µs for
+//! the same updates sent back to back — a `mongod` woken 20 times a second pays per wake-up,
+//! not per entry. So the marks of the batches accepted within [`MARK_EVERY`] (or up to
+//! `OUTBOX_BATCH_SIZE` events) go in one update, fenced on the process's push token as before.
+//! Nothing waits for it: the writes' receipts say "published" once Event Grid accepted the
+//! event, and the commit → publish lag is measured then, not at the mark.
 //!
 //! What it changes: a process that dies after Event Grid accepted a batch and before its mark
 //! publishes those events again once their holds end (the sweeper, the same ids), as it did
@@ -16,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -27,15 +31,15 @@ use crate::outbox::store::{ClaimToken, RelayStore};
 use crate::telemetry::chain;
 
 /// Longest a mark waits for others to share its update.
-pub(super) const MARK_EVERY: Duration = Duration::from_millis(50);
+pub(super) const MARK_EVERY: Duration = Duration::from_millis(250);
 
 /// Events Event Grid accepted, to be marked published.
 pub(super) struct Accepted {
     pub(super) store: Arc<dyn RelayStore>,
     pub(super) token: ClaimToken,
     pub(super) ids: Vec<EventId>,
-    /// Each event's commit time, for the commit → publish lag.
-    pub(super) committed: Vec<DateTime<Utc>>,
+    /// Each event's commit → accepted lag, recorded once it is marked.
+    pub(super) lags: Vec<Duration>,
 }
 
 /// Where pushed batches hand what Event Grid accepted.
@@ -86,7 +90,7 @@ async fn mark(waiting: Vec<Accepted>) -> u64 {
         match groups.iter_mut().find(|g| g.token == a.token) {
             Some(g) => {
                 g.ids.extend(a.ids);
-                g.committed.extend(a.committed);
+                g.lags.extend(a.lags);
             }
             None => groups.push(a),
         }
@@ -98,11 +102,7 @@ async fn mark(waiting: Vec<Accepted>) -> u64 {
                 marked += n;
                 let metrics = crate::metrics::global();
                 metrics.outcomes(Path::Push, n, 0, 0);
-                metrics.publish_lags(
-                    g.committed
-                        .iter()
-                        .map(|t| (now - *t).to_std().unwrap_or_default()),
-                );
+                metrics.publish_lags(g.lags.iter().copied());
                 if n < g.ids.len() as u64 {
                     tracing::warn!(
                         accepted = g.ids.len(),

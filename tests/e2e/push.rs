@@ -159,7 +159,7 @@ async fn a_write_that_waits_for_its_publish_answers_after_the_topic_accepted_it(
     assert_eq!(res.status(), 201, "{}", handler.output());
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["published"], false, "{body}");
-    // The first is marked published within the push path's marking interval (50 ms); the
+    // The first is marked published within the push path's marking interval (250 ms); the
     // second stays pending: the sweeper owns it now.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while db.count_entries_with("published").await < 1 {
