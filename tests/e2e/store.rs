@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
 use outbox_relay::domain::{EventId, OutboxEvent};
 use outbox_relay::outbox::LastError;
@@ -486,20 +487,10 @@ async fn a_change_by_id_examines_its_own_entries_however_large_the_backlog() {
     db.db().run_command(doc! { "profile": 0 }).await.unwrap();
     assert_eq!(marked, 300);
 
-    let profile = db
-        .db()
-        .collection::<Document>("system.profile")
-        .find_one(doc! { "op": "update", "ns": db.outbox().namespace().to_string() })
-        .await
-        .unwrap()
-        .expect("the profiler recorded the mark");
-    let examined = profile
-        .get_i64("docsExamined")
-        .or_else(|_| profile.get_i32("docsExamined").map(i64::from));
     assert_eq!(
-        examined.unwrap(),
+        docs_examined(&db, &["update"]).await,
         300,
-        "the mark read only its own entries, not the backlog of {backlog}: {profile}"
+        "the mark read only its own entries, not the backlog of {backlog}"
     );
 
     let state = entry_state(&db, &ids[0].to_string()).await;
@@ -511,4 +502,64 @@ async fn a_change_by_id_examines_its_own_entries_however_large_the_backlog() {
         "a published entry is no longer held by the token that published it"
     );
     db.drop().await;
+}
+
+/// The ordering check of a claim of many subjects reads their entries only, through the subject
+/// index: left to itself, `mongod`'s planner chose the claim index for 1,000 subjects and read
+/// every pending entry of the backlog.
+#[tokio::test]
+async fn the_ordering_check_of_a_large_claim_examines_its_subjects_only() {
+    let db = TestDb::with(&[("OUTBOX_ORDERING", "subject")]).await;
+    let (store, now) = store_of(&db);
+    let t0 = now - chrono::Duration::minutes(1);
+    let ms = chrono::Duration::milliseconds;
+    // Two changes of each of 1,000 subjects, and a backlog of 2,000 other subjects after them.
+    let entries = (0..1_000)
+        .flat_map(|n| [(n, 1, t0), (n, 2, t0 + ms(1))])
+        .chain((1_000..3_000).map(|n| (n, 1, t0 + ms(2))))
+        .map(|(n, version, at)| entry(&db, &format!("s{n}"), version, at))
+        .collect();
+    seed(&db, entries).await;
+    let mut claim = store.claim(now, LEASE, 1_000).await.unwrap();
+
+    db.db().run_command(doc! { "profile": 2 }).await.unwrap();
+    let deferred = store
+        .defer_blocked(&mut claim, now, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    db.db().run_command(doc! { "profile": 0 }).await.unwrap();
+    assert_eq!(
+        (deferred, claim.entries.len()),
+        (0, 1_000),
+        "the claim took the first change of each subject; the second waits for it"
+    );
+    assert_eq!(
+        docs_examined(&db, &["query", "getmore"]).await,
+        2_000,
+        "both changes of the claim's subjects, not the backlog of 4,000"
+    );
+    db.drop().await;
+}
+
+/// The documents examined by the operations of the kinds `ops` ("update"; "query" and its
+/// "getmore"s) on the entries that the test database's profiler recorded.
+async fn docs_examined(db: &TestDb, ops: &[&str]) -> i64 {
+    let profiled: Vec<Document> = db
+        .db()
+        .collection::<Document>("system.profile")
+        .find(doc! { "op": { "$in": ops }, "ns": db.outbox().namespace().to_string() })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!profiled.is_empty(), "the profiler recorded no {ops:?}");
+    profiled
+        .iter()
+        .map(|op| {
+            op.get_i64("docsExamined")
+                .or_else(|_| op.get_i32("docsExamined").map(i64::from))
+                .unwrap()
+        })
+        .sum()
 }

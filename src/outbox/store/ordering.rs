@@ -7,12 +7,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, doc};
+use mongodb::options::Hint;
 use serde::Deserialize;
 
 use super::OutboxStore;
 use super::claim::{Claim, ClaimToken, fenced};
 use super::entry::{Row, after, bson_time};
-use super::fields::field;
+use super::fields::{SUBJECT_INDEX, field};
 use crate::db::DbError;
 use crate::domain::EventId;
 use crate::outbox::{ClaimedEntry, EntryStatus};
@@ -79,6 +80,9 @@ impl OutboxStore {
                 field::SUBJECT: 1, field::STATUS: 1, field::DUE_AT: 1, field::CREATED_AT: 1,
                 field::LEASE_TOKEN: 1, field::SEQUENCE: 1,
             })
+            // Named: for a claim of many subjects `mongod`'s planner otherwise picks the claim
+            // index (`status` first) and reads every pending entry of the backlog.
+            .hint(Hint::Name(SUBJECT_INDEX.to_owned()))
             .await?
             .try_collect()
             .await?;
