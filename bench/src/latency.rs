@@ -216,6 +216,7 @@ async fn one(
         "settings": spec.extra.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "writes": written.ok.len(),
         "writes_refused_busy": written.refused_busy,
+        "writes_refused_busy_by_second": written.refused_by_second,
         "accepted_share_pct": round(100.0 * writes / (u64::from(spec.rate) * seconds) as f64, 1),
         "write_errors": written.errors,
         "events_accepted": lat.len(),
@@ -237,6 +238,9 @@ pub(crate) struct Written {
     /// Writes the handler turned away at once because it was at `MONGODB_MAX_CONCURRENT_WRITES`
     /// with a full queue: offered load beyond what the machine takes, answered as designed.
     pub(crate) refused_busy: usize,
+    /// Refusals by the second of the run their write was due in: a cold start shows as the
+    /// first seconds, a machine that cannot keep up as all of them.
+    pub(crate) refused_by_second: std::collections::BTreeMap<u64, usize>,
     pub(crate) errors: usize,
     pub(crate) samples: Vec<String>,
 }
@@ -280,8 +284,7 @@ async fn open_loop(http: &reqwest::Client, base: &str, spec: &Spec, seconds: u64
         let at = start + period.mul_f64(i as f64);
         tokio::time::sleep_until(at).await;
         let (http, base, result) = (http.clone(), base.to_owned(), Arc::clone(&result));
-        let front = spec.front;
-        let tag = spec.name;
+        let (front, tag, rate) = (spec.front, spec.name, spec.rate);
         tasks.spawn(async move {
             let body = document(tag, i as usize);
             let answer = match front {
@@ -295,7 +298,10 @@ async fn open_loop(http: &reqwest::Client, base: &str, spec: &Spec, seconds: u64
                 Ok(event_id) => {
                     r.ok.insert(event_id, now_ms());
                 }
-                Err(e) if format!("{e:#}").contains(BUSY) => r.refused_busy += 1,
+                Err(e) if format!("{e:#}").contains(BUSY) => {
+                    r.refused_busy += 1;
+                    *r.refused_by_second.entry(i / u64::from(rate)).or_default() += 1;
+                }
                 Err(e) => {
                     r.errors += 1;
                     if r.samples.len() < 3 {
