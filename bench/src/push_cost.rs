@@ -8,7 +8,10 @@
 //!
 //! - **push**: the events are handed to `Relay::push` at a steady rate (as commits would hand
 //!   them over), so its batches form by `OUTBOX_LINGER_MS` as they do under that write rate;
-//! - **sweeper**: the same backlog, unheld, taken by `Relay::drain_once` (claim, publish, mark).
+//! - **sweeper**: the same backlog, unheld, taken by `Relay::drain_once` (claim, publish, mark);
+//! - **floor**: the same held backlog marked published by the store's own fenced update, 1,000
+//!   ids at a time, back to back, nothing published: what one state change per entry costs on
+//!   this machine, the least either path can cost while entries are marked one by one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +39,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, events: usize, rate: u32) -> anyhow::Resu
         "push": push_path(ctx, events, rate, None, idle).await?,
         "push_linger_50ms": push_path(ctx, events, rate, Some("50"), idle).await?,
         "sweeper": sweeper(ctx, events, idle).await?,
-        "method": format!("{events} entries of ~1 KB documents seeded first (not measured), then mongod CPU while the product's relay, in the benchmark's process, publishes them to the receiver: push = handed to the push loop at {rate}/s with the default OUTBOX_LINGER_MS (push_linger_50ms: 50 ms, to show the share of per-request costs); sweeper = the same backlog unheld, drained by drain_once; *_net = less mongod's own idle CPU (measured for 5 s before) over the same time"),
+        "floor_one_mark_per_entry": floor(ctx, events, idle).await?,
+        "method": format!("{events} entries of ~1 KB documents seeded first (not measured), then mongod CPU while the product's relay, in the benchmark's process, publishes them to the receiver: push = handed to the push loop at {rate}/s with the default OUTBOX_LINGER_MS (push_linger_50ms: 50 ms, to show the share of per-request costs); sweeper = the same backlog unheld, drained by drain_once; floor_one_mark_per_entry = the held backlog marked published by the store's fenced update, 1,000 ids at a time back to back, nothing published; *_net = less mongod's own idle CPU (measured for 5 s before) over the same time"),
     }))
 }
 
@@ -119,6 +123,37 @@ async fn sweeper(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Valu
         }
     }
     let published = wait_published(ctx, database, events).await?;
+    let cpu_seconds = cpu.read();
+    let seconds = started.elapsed().as_secs_f64();
+    ctx.drop_database(database).await;
+    Ok(figures(&cpu_seconds, published, seconds, idle))
+}
+
+async fn floor(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Value> {
+    let database = "bench_push_cost_floor";
+    let env = ctx.env_with(database, &[]);
+    let hold = store::Hold {
+        token: store::ClaimToken::new(),
+        until: chrono::Utc::now() + chrono::Duration::hours(1),
+    };
+    let (_, seeded) = crate::drain::seed_held(ctx.client, &env, events, Some(hold)).await?;
+    let settings =
+        outbox_relay::config::MongoSettings::from_env(&Env::from_map(env.into_iter().collect()))
+            .context("the floor's MongoDB settings")?;
+    let entries = store::OutboxStore::new(
+        &ctx.client.database(&settings.database),
+        &settings.outbox_collection,
+    );
+    let ids: Vec<_> = seeded.iter().map(|e| e.id).collect();
+    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
+    let started = Instant::now();
+    let mut published = 0;
+    for chunk in ids.chunks(1_000) {
+        published += entries
+            .mark_published(hold.token, chunk, chrono::Utc::now())
+            .await
+            .context("the floor's marks")?;
+    }
     let cpu_seconds = cpu.read();
     let seconds = started.elapsed().as_secs_f64();
     ctx.drop_database(database).await;
