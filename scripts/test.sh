@@ -41,4 +41,10 @@ OUTBOX_TEST_PLACEMENT=embedded cargo test --locked --test e2e -- lifecycle:: rea
 echo "==> part of the chaos suite through cosmos-ru-proxy on a sharded collection"
 OUTBOX_TEST_PLACEMENT=embedded OUTBOX_TEST_COSMOS_SHARD_KEY=tenant cargo test --locked --test chaos -- \
   crashes::relays_killed topic::answers_lost topic::poison concurrency::four_relays
+# Part of the chaos suite once more with OUTBOX_RETENTION_HOURS=0 (test support reads
+# OUTBOX_TEST_RETENTION_HOURS): published entries are deleted instead of kept, and the ledger
+# then requires that none is left — kills, lost answers and rival relays included.
+echo "==> part of the chaos suite with published entries deleted (OUTBOX_RETENTION_HOURS=0)"
+OUTBOX_TEST_RETENTION_HOURS=0 cargo test --locked --test chaos -- \
+  crashes::relays_killed crashes::pushing_handlers_killed topic::answers_lost concurrency::four_relays
 cargo test --locked --workspace --doc

@@ -12,6 +12,10 @@
 //! - **floor**: the same held backlog marked published by the store's own fenced update, 1,000
 //!   ids at a time, back to back, nothing published: what one state change per entry costs on
 //!   this machine, the least either path can cost while entries are marked one by one.
+//!
+//! Each once more with `OUTBOX_RETENTION_HOURS=0`, where a published entry is deleted instead
+//! of marked: the cheapest state change `mongod` has for an entry (no index key moved or added,
+//! and no TTL delete to follow), at the price of keeping nothing to replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,23 +40,32 @@ pub(crate) async fn run(ctx: &Ctx<'_>, events: usize, rate: u32) -> anyhow::Resu
     let idle = idle_cpu_per_sec(ctx).await;
     Ok(json!({
         "mongod_idle_cpu_ms_per_sec": round(idle * 1e3, 2),
-        "push": push_path(ctx, events, rate, None, idle).await?,
-        "push_linger_50ms": push_path(ctx, events, rate, Some("50"), idle).await?,
-        "sweeper": sweeper(ctx, events, idle).await?,
-        "floor_one_mark_per_entry": floor(ctx, events, idle).await?,
-        "method": format!("{events} entries of ~1 KB documents seeded first (not measured), then mongod CPU while the product's relay, in the benchmark's process, publishes them to the receiver: push = handed to the push loop at {rate}/s with the default OUTBOX_LINGER_MS (push_linger_50ms: 50 ms, to show the share of per-request costs); sweeper = the same backlog unheld, drained by drain_once; floor_one_mark_per_entry = the held backlog marked published by the store's fenced update, 1,000 ids at a time back to back, nothing published; *_net = less mongod's own idle CPU (measured for 5 s before) over the same time"),
+        "push": push_path(ctx, events, rate, None, KEPT, idle).await?,
+        "push_linger_50ms": push_path(ctx, events, rate, Some("50"), KEPT, idle).await?,
+        "sweeper": sweeper(ctx, events, KEPT, idle).await?,
+        "floor_one_mark_per_entry": floor(ctx, events, KEPT, idle).await?,
+        "push_retention_0": push_path(ctx, events, rate, None, DELETED, idle).await?,
+        "sweeper_retention_0": sweeper(ctx, events, DELETED, idle).await?,
+        "floor_one_delete_per_entry": floor(ctx, events, DELETED, idle).await?,
+        "method": format!("{events} entries of ~1 KB documents seeded first (not measured), then mongod CPU while the product's relay, in the benchmark's process, publishes them to the receiver: push = handed to the push loop at {rate}/s with the default OUTBOX_LINGER_MS (push_linger_50ms: 50 ms, to show the share of per-request costs); sweeper = the same backlog unheld, drained by drain_once; floor_one_mark_per_entry = the held backlog marked published by the store's fenced update, 1,000 ids at a time back to back, nothing published; *_retention_0 and floor_one_delete_per_entry = the same with OUTBOX_RETENTION_HOURS=0 (published entries deleted, not marked); *_net = less mongod's own idle CPU (measured for 5 s before) over the same time"),
     }))
 }
+
+/// `OUTBOX_RETENTION_HOURS` of a run: published entries kept (the default) or deleted.
+const KEPT: &str = "168";
+const DELETED: &str = "0";
 
 /// The relay over `database`, with the benchmark's settings and a lease that outlasts the run.
 fn relay(
     ctx: &Ctx<'_>,
     database: &str,
     linger_ms: Option<&str>,
+    retention: &'static str,
 ) -> anyhow::Result<(Settings, Relay)> {
     let mut extra = vec![
         ("OUTBOX_LEASE_SECS", "3600"),
         ("OUTBOX_TIME_BUDGET_SECS", "600"),
+        ("OUTBOX_RETENTION_HOURS", retention),
     ];
     if let Some(ms) = linger_ms {
         extra.push(("OUTBOX_LINGER_MS", ms));
@@ -71,13 +84,14 @@ async fn push_path(
     events: usize,
     rate: u32,
     linger_ms: Option<&str>,
+    retention: &'static str,
     idle: f64,
 ) -> anyhow::Result<Value> {
     let database = "bench_push_cost_push";
-    let (settings, relay) = relay(ctx, database, linger_ms)?;
+    let (settings, relay) = relay(ctx, database, linger_ms, retention)?;
     let (handoff, inbox) = push::channel(settings.relay.lease, Duration::ZERO);
     let hold = handoff.hold();
-    let env = ctx.env_with(database, &[]);
+    let env = ctx.env_with(database, &[("OUTBOX_RETENTION_HOURS", retention)]);
     let (_, seeded) = crate::drain::seed_held(ctx.client, &env, events, Some(hold)).await?;
     ctx.receiver_call(reqwest::Method::DELETE, "/_receiver/events")
         .await?;
@@ -96,7 +110,7 @@ async fn push_path(
         next += period;
         tokio::time::sleep_until(next).await;
     }
-    let published = wait_published(ctx, database, events).await?;
+    let published = wait_published(ctx, database, events, retention).await?;
     let cpu_seconds = cpu.read();
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
@@ -105,10 +119,15 @@ async fn push_path(
     Ok(figures(&cpu_seconds, published, seconds, idle))
 }
 
-async fn sweeper(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Value> {
+async fn sweeper(
+    ctx: &Ctx<'_>,
+    events: usize,
+    retention: &'static str,
+    idle: f64,
+) -> anyhow::Result<Value> {
     let database = "bench_push_cost_sweeper";
-    let (settings, relay) = relay(ctx, database, None)?;
-    let env = ctx.env_with(database, &[]);
+    let (settings, relay) = relay(ctx, database, None, retention)?;
+    let env = ctx.env_with(database, &[("OUTBOX_RETENTION_HOURS", retention)]);
     crate::drain::seed(ctx.client, &env, events).await?;
     ctx.receiver_call(reqwest::Method::DELETE, "/_receiver/events")
         .await?;
@@ -122,16 +141,21 @@ async fn sweeper(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Valu
             break;
         }
     }
-    let published = wait_published(ctx, database, events).await?;
+    let published = wait_published(ctx, database, events, retention).await?;
     let cpu_seconds = cpu.read();
     let seconds = started.elapsed().as_secs_f64();
     ctx.drop_database(database).await;
     Ok(figures(&cpu_seconds, published, seconds, idle))
 }
 
-async fn floor(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Value> {
+async fn floor(
+    ctx: &Ctx<'_>,
+    events: usize,
+    retention: &'static str,
+    idle: f64,
+) -> anyhow::Result<Value> {
     let database = "bench_push_cost_floor";
-    let env = ctx.env_with(database, &[]);
+    let env = ctx.env_with(database, &[("OUTBOX_RETENTION_HOURS", retention)]);
     let hold = store::Hold {
         token: store::ClaimToken::new(),
         until: chrono::Utc::now() + chrono::Duration::hours(1),
@@ -143,7 +167,8 @@ async fn floor(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Value>
     let entries = store::OutboxStore::new(
         &ctx.client.database(&settings.database),
         &settings.outbox_collection,
-    );
+    )
+    .keeping_published(settings.keeps_published());
     let ids: Vec<_> = seeded.iter().map(|e| e.id).collect();
     let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
     let started = Instant::now();
@@ -160,9 +185,15 @@ async fn floor(ctx: &Ctx<'_>, events: usize, idle: f64) -> anyhow::Result<Value>
     Ok(figures(&cpu_seconds, published, seconds, idle))
 }
 
-/// Waits until the receiver has `events` events and the entries are all marked published
-/// (watching the receiver, not `mongod`, so that the wait costs `mongod` nothing until the end).
-async fn wait_published(ctx: &Ctx<'_>, database: &str, events: usize) -> anyhow::Result<u64> {
+/// Waits until the receiver has `events` events and the entries are all marked published, or
+/// all deleted where `retention` keeps none (watching the receiver, not `mongod`, so that the
+/// wait costs `mongod` nothing until the end); returns how many were.
+async fn wait_published(
+    ctx: &Ctx<'_>,
+    database: &str,
+    events: usize,
+    retention: &str,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let stats = ctx
@@ -179,9 +210,16 @@ async fn wait_published(ctx: &Ctx<'_>, database: &str, events: usize) -> anyhow:
         .collection::<Document>("outbox");
     let mut published = 0;
     while Instant::now() < deadline {
-        published = entries
-            .count_documents(doc! { store::field::STATUS: "published" })
-            .await?;
+        published = if retention == DELETED {
+            let left = entries
+                .count_documents(doc! { store::ROOT: { "$exists": true } })
+                .await?;
+            (events as u64).saturating_sub(left)
+        } else {
+            entries
+                .count_documents(doc! { store::field::STATUS: "published" })
+                .await?
+        };
         if published >= events as u64 {
             break;
         }

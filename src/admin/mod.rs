@@ -102,10 +102,15 @@ async fn render(page: &OutboxPage, notice: Option<&str>) -> Result<String, crate
     // The same status `handler outbox status` prints: one set of queries for both.
     let status = ops::status_of(&page.storage, DEAD_LETTERS_SHOWN, now).await?;
     let ready = page.storage.ready().await?;
-    let per_minute = ready.store.published_per_minute(now, CHART_MINUTES).await?;
+    // Where published entries are deleted at once there is nothing to count.
+    let per_minute = if page.storage.settings().keeps_published() {
+        Some(ready.store.published_per_minute(now, CHART_MINUTES).await?)
+    } else {
+        None
+    };
     Ok(page::render(&page::View {
         status: &status,
-        per_minute: &per_minute,
+        per_minute: per_minute.as_deref(),
         now,
         token: &page.token,
         notice,

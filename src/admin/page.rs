@@ -9,8 +9,9 @@ use crate::outbox::stream::StreamStatus;
 pub(super) struct View<'a> {
     /// What `handler outbox status` reports.
     pub(super) status: &'a Status,
-    /// Published per minute, oldest first.
-    pub(super) per_minute: &'a [u64],
+    /// Published per minute, oldest first; `None` where published entries are not kept
+    /// (`OUTBOX_RETENTION_HOURS=0`).
+    pub(super) per_minute: Option<&'a [u64]>,
     pub(super) now: DateTime<Utc>,
     /// The token every form must send back.
     pub(super) token: &'a str,
@@ -72,9 +73,22 @@ pub(super) fn render(v: &View<'_>) -> String {
     html.push_str(&card("due now", c.due.to_string()));
     html.push_str(&card("oldest pending", oldest));
     html.push_str(&card("dead letters", c.dead.to_string()));
-    html.push_str(&card("published", c.published.to_string()));
-    html.push_str("</div>");
-    html.push_str(&chart(v.per_minute));
+    match v.per_minute {
+        Some(per_minute) => {
+            html.push_str(&card("published", c.published.to_string()));
+            html.push_str("</div>");
+            html.push_str(&chart(per_minute));
+        }
+        None => {
+            html.push_str(&card("published", "not kept".to_owned()));
+            html.push_str("</div>");
+            html.push_str(
+                "<h2>Published per minute</h2><p id=\"not-kept\">Published entries are deleted once \
+                 Event Grid accepts them (<code>OUTBOX_RETENTION_HOURS=0</code>): there is nothing \
+                 to count. The relay's metrics count what it publishes.</p>",
+            );
+        }
+    }
     html.push_str(&dead_letters(v));
     if let Some(stream) = &v.status.change_stream {
         html.push_str(&change_stream(stream, v.token, v.now));

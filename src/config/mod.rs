@@ -42,7 +42,7 @@
 //! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`; at most a day) |
 //! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay (at most a day) |
 //! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay (at most a week) |
-//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes) |
+//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes); `0`: deleted once published (about half the relay's database cost per event; nothing to replay or chart) |
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
 //! | `EVENTGRID_TOPIC_KEY` | — | topic access key (secret), sent as `aeg-sas-key`; without it, Entra ID |
 //! | `EVENTGRID_CREDENTIAL` | `managed-identity` | Entra ID credential: `managed-identity` or `developer` (Azure CLI / azd) |
@@ -256,6 +256,11 @@ impl Limit {
 /// A whole number of hours between 1 and what a MongoDB TTL index can hold
 /// (`expireAfterSeconds` is a 32-bit number of seconds).
 fn ttl_hours(env: &Env, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    positive(name, ttl_hours_or_zero(env, name, default)?)
+}
+
+/// [`ttl_hours`], zero allowed (for a setting where zero means "keep nothing").
+fn ttl_hours_or_zero(env: &Env, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
     const MAX_HOURS: u64 = i32::MAX as u64 / 3600;
     let hours: u64 = env.parse_or(name, default, "a whole number of hours")?;
     if hours > MAX_HOURS {
@@ -264,7 +269,7 @@ fn ttl_hours(env: &Env, name: &'static str, default: u64) -> Result<Duration, Co
             format!("must be at most {MAX_HOURS} hours (the longest TTL MongoDB keeps)"),
         ));
     }
-    positive(name, Duration::from_secs(hours * 3600))
+    Ok(Duration::from_secs(hours * 3600))
 }
 
 fn positive(name: &'static str, d: Duration) -> Result<Duration, ConfigError> {
@@ -452,6 +457,23 @@ mod tests {
         invalid(Settings::from_env(&with(extra)))
     }
 
+    #[test]
+    fn a_retention_of_zero_hours_means_published_entries_are_not_kept() {
+        let kept = |extra: &[(&str, &str)]| {
+            Settings::from_env(&with(extra))
+                .unwrap()
+                .mongodb
+                .keeps_published()
+        };
+        assert!(kept(&[]), "kept for 168 hours by default");
+        assert!(kept(&[("OUTBOX_RETENTION_HOURS", "1")]));
+        assert!(!kept(&[("OUTBOX_RETENTION_HOURS", "0")]));
+        assert_eq!(
+            err(&[("OUTBOX_IDEMPOTENCY_HOURS", "0")]).setting,
+            "OUTBOX_IDEMPOTENCY_HOURS"
+        );
+    }
+
     /// The bad value a load stopped at.
     fn invalid(loaded: Result<Settings, SettingsError>) -> ConfigError {
         match loaded {
@@ -528,7 +550,7 @@ mod tests {
             ("OUTBOX_MAX_BACKOFF_SECS", "0"),
             ("EVENTGRID_PUBLISH_TIMEOUT_MS", "soon"),
             ("STANDALONE_PORT", "70000"),
-            ("OUTBOX_RETENTION_HOURS", "0"),
+            ("OUTBOX_RETENTION_HOURS", "-1"),
             ("OUTBOX_RETENTION_HOURS", "596524"),
             ("OUTBOX_RETENTION_HOURS", "18446744073709551615"),
             ("OUTBOX_PUBLISH_CONCURRENCY", "65"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::embedded::EmbeddedSettings;
-use super::{ConfigError, Env, EventSource, StreamTarget, ttl_hours};
+use super::{ConfigError, Env, EventSource, StreamTarget, ttl_hours, ttl_hours_or_zero};
 use crate::domain::document::RESERVED_FIELDS;
 
 /// Where outbox entries live, as configured.
@@ -54,7 +54,9 @@ pub struct MongoSettings {
     /// Writes run against the database at once (`MONGODB_MAX_CONCURRENT_WRITES`); 16 times
     /// as many may wait, the rest are answered 503 at once.
     pub max_concurrent_writes: NonZeroUsize,
-    /// How long published entries are kept before the TTL index (or the relay) removes them.
+    /// How long published entries are kept before the TTL index (or the relay) removes them;
+    /// zero: none is kept, an entry is deleted once Event Grid accepted it
+    /// ([`keeps_published`](Self::keeps_published)).
     pub retention: Duration,
     /// Where entries live.
     pub placement: PlacementSetting,
@@ -77,6 +79,15 @@ pub struct MongoSettings {
 }
 
 impl MongoSettings {
+    /// Whether published entries are kept (`OUTBOX_RETENTION_HOURS` above zero): for replay,
+    /// the status page's chart and the consumers' dedup window. When not, the relay deletes an
+    /// entry instead of marking it published, one state change instead of a mark and a later
+    /// TTL delete.
+    #[must_use]
+    pub fn keeps_published(&self) -> bool {
+        !self.retention.is_zero()
+    }
+
     /// Reads `MONGODB_*`, `OUTBOX_COLLECTION` and `OUTBOX_RETENTION_HOURS`.
     ///
     /// # Errors
@@ -109,7 +120,7 @@ impl MongoSettings {
                 "must differ from MONGODB_COLLECTION",
             ));
         }
-        let retention = ttl_hours(env, "OUTBOX_RETENTION_HOURS", 168)?;
+        let retention = ttl_hours_or_zero(env, "OUTBOX_RETENTION_HOURS", 168)?;
         let placement = env.parse_or(
             "OUTBOX_PLACEMENT",
             PlacementSetting::Auto,

@@ -28,6 +28,9 @@ pub struct Status {
     pub entries_collection: String,
     /// Whether TTL indexes remove expired data, or the relay's runs do.
     pub expiry: Expiry,
+    /// Whether published entries are kept (`OUTBOX_RETENTION_HOURS` above zero) or deleted
+    /// once published, so that `published` counts nothing.
+    pub published_kept: bool,
     /// Counts by state.
     #[serde(flatten)]
     pub counts: OutboxCounts,
@@ -94,6 +97,7 @@ pub async fn status_of(
         placement: ready.placement,
         entries_collection: ready.entries_collection,
         expiry: ready.expiry,
+        published_kept: storage.settings().keeps_published(),
         counts,
         dead_letters,
         change_stream,
@@ -178,9 +182,13 @@ pub fn render_status(s: &Status) -> String {
             "the relay (TTL refused)"
         }
     };
+    let published = if s.published_kept {
+        by(s.expiry.published_by_ttl)
+    } else {
+        "the relay once published (OUTBOX_RETENTION_HOURS=0: none kept)"
+    };
     out.push_str(&format!(
-        "expiry:       published entries by {}, idempotency records by {}\n",
-        by(s.expiry.published_by_ttl),
+        "expiry:       published entries by {published}, idempotency records by {}\n",
         by(s.expiry.records_by_ttl)
     ));
     if !s.dead_letters.is_empty() {

@@ -101,7 +101,8 @@ impl Storage {
                 let (placement, settings) = placement::resolve(&self.db).await?;
                 let writer = placement::store_for(placement, &database, &settings);
                 let expiry = writer.prepare().await?;
-                let entries = OutboxStore::new(&database, writer.entries_collection());
+                let entries = OutboxStore::new(&database, writer.entries_collection())
+                    .keeping_published(settings.keeps_published());
                 let relay = writer.relay_store(&entries);
                 Ok::<_, DbError>(Prepared {
                     writer,

@@ -33,6 +33,7 @@ mod push;
 mod read_document;
 mod relay;
 mod replay;
+mod retention;
 mod settings_sync;
 mod sharded;
 mod shutdown;

@@ -563,3 +563,68 @@ async fn docs_examined(db: &TestDb, ops: &[&str]) -> i64 {
         })
         .sum()
 }
+
+#[tokio::test]
+async fn without_retention_a_publish_deletes_only_the_entries_its_claim_still_holds() {
+    let db = TestDb::new().await;
+    let (store, now) = store_of(&db);
+    let store = store.keeping_published(false);
+    let ms = chrono::Duration::milliseconds;
+    let t0 = now - chrono::Duration::minutes(1);
+    let ids = seed(
+        &db,
+        (1..=6)
+            .map(|v| entry(&db, &format!("s{v}"), 1, t0 + ms(v)))
+            .collect(),
+    )
+    .await;
+    // A claim whose lease runs out, then another relay's claim of every entry, its three too.
+    let stale = store.claim(now, Duration::from_secs(1), 3).await.unwrap();
+    let later = now + chrono::Duration::seconds(2);
+    let current = store.claim(later, LEASE, 10).await.unwrap();
+    let taken = ids_of(&stale);
+    assert_eq!(taken, ids[..3]);
+    assert_eq!(
+        ids_of(&current).into_iter().collect::<HashSet<_>>(),
+        ids.iter().copied().collect::<HashSet<_>>()
+    );
+
+    // The stale claim's publish deletes nothing: the entries belong to the current claim.
+    assert_eq!(
+        store
+            .mark_published(stale.token, &taken, later)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .mark_claim_published(stale.token, stale.lease_until, later)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(db.count_entries_with("pending").await, 6);
+
+    // The current claim's publish deletes its own entries, by id and by index range.
+    assert_eq!(
+        store
+            .mark_published(current.token, &taken[..1], later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .mark_claim_published(current.token, current.lease_until, later)
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        db.count_entries().await,
+        0,
+        "none is kept, published or not"
+    );
+    db.drop().await;
+}

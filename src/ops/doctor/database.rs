@@ -321,6 +321,11 @@ fn ttl(indexes: &[IndexInfo], settings: &Settings) -> Check {
     };
     let retention = i64::try_from(settings.mongodb.retention.as_secs()).unwrap_or(i64::MAX);
     match (ttl_of(RETENTION_INDEX), ttl_of(EXPIRY_INDEX)) {
+        (Some(0), Some(_)) if retention == 0 => Check::pass(
+            ID,
+            TITLE,
+            "published entries are deleted once published (OUTBOX_RETENTION_HOURS=0; the TTL index removes any left from before); a TTL index removes expired idempotency records",
+        ),
         (Some(secs), Some(_)) if secs == retention => Check::pass(
             ID,
             TITLE,

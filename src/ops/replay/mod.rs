@@ -115,18 +115,27 @@ pub enum ReplayError {
         /// What Event Grid said.
         failure: PublishFailure,
     },
+    /// `OUTBOX_RETENTION_HOURS=0`: entries are deleted once published, so none is left to send.
+    #[error(
+        "OUTBOX_RETENTION_HOURS=0 deletes entries once they are published: there is nothing to replay (set it above zero to keep published events for replay)"
+    )]
+    NothingKept,
 }
 
 /// Runs the replay until done, refused or `interrupt`ed (checked between requests).
 ///
 /// # Errors
-/// When the database fails, the publisher cannot be built, or Event Grid refuses a request.
+/// When published entries are not kept, the database fails, the publisher cannot be built, or
+/// Event Grid refuses a request.
 pub async fn run(
     settings: &Settings,
     request: &ReplayRequest,
     interrupt: &CancellationToken,
     progress: &dyn Progress,
 ) -> Result<ReplaySummary, ReplayError> {
+    if !settings.mongodb.keeps_published() {
+        return Err(ReplayError::NothingKept);
+    }
     let db = Db::new(settings.mongodb.clone());
     let database = db.database().await?;
     let ready = Storage::new(db).ready().await?;

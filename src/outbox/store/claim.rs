@@ -231,7 +231,9 @@ impl OutboxStore {
     }
 
     /// Marks published every entry the claim still holds — for a claim whose entries were all
-    /// published. One update over an index range instead of a list of ids. Returns how many.
+    /// published. One update over an index range instead of a list of ids (a delete where
+    /// published entries are not kept, see [`keeping_published`](Self::keeping_published)).
+    /// Returns how many.
     ///
     /// # Errors
     /// When the database fails; the entries then stay claimed until the lease runs out.
@@ -241,11 +243,12 @@ impl OutboxStore {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, DbError> {
-        self.fenced_update(held(token, bson_time(lease_until)), published_at(now))
+        self.fenced_publish(held(token, bson_time(lease_until)), now)
             .await
     }
 
-    /// Marks entries published; only those still held under `token`. Returns how many.
+    /// Marks entries published; only those still held under `token` (deletes them where
+    /// published entries are not kept). Returns how many.
     ///
     /// Called only after Event Grid answered 200 for the request that carried them. A crash
     /// before this call leaves them claimed: they are published again after the lease (a
@@ -259,8 +262,7 @@ impl OutboxStore {
         ids: &[EventId],
         now: DateTime<Utc>,
     ) -> Result<u64, DbError> {
-        self.fenced_update(fenced(token, ids), published_at(now))
-            .await
+        self.fenced_publish(fenced(token, ids), now).await
     }
 
     /// Records a failed publish and makes the entries due again at `next_attempt_at`.
@@ -343,7 +345,7 @@ impl OutboxStore {
 /// The change that marks entries published. The lease token stays: it records which claim
 /// published the entry.
 /// Published at `now`, and held by no one (see [`fenced`]).
-fn published_at(now: DateTime<Utc>) -> Document {
+pub(super) fn published_at(now: DateTime<Utc>) -> Document {
     doc! { "$set": {
         field::STATUS: EntryStatus::Published.as_str(),
         field::PUBLISHED_AT: bson_time(now),

@@ -64,6 +64,7 @@ mod throughput;
 mod token;
 mod watch;
 
+use chrono::{DateTime, Utc};
 use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
@@ -94,6 +95,9 @@ pub struct OutboxStore {
     /// The default (majority) write concern: inserts inside the write's transaction (which has
     /// its own), and operator commands.
     in_transaction: Collection<Document>,
+    /// Whether a published entry is kept (marked `published`, removed after the retention) or
+    /// deleted at once (`OUTBOX_RETENTION_HOURS=0`).
+    keep_published: bool,
 }
 
 impl OutboxStore {
@@ -111,7 +115,17 @@ impl OutboxStore {
         Self {
             entries: db.collection_with_options(collection, relaxed),
             in_transaction: db.collection(collection),
+            keep_published: true,
         }
+    }
+
+    /// The same entries, published ones kept (the default) or deleted once Event Grid accepted
+    /// them (`keep` false, `OUTBOX_RETENTION_HOURS=0`). Deleting is the cheaper state change:
+    /// no index key moves and none is added, and no TTL delete follows later.
+    #[must_use]
+    pub fn keeping_published(mut self, keep: bool) -> Self {
+        self.keep_published = keep;
+        self
     }
 
     /// Inserts a new entry inside the caller's transaction.
@@ -140,5 +154,14 @@ impl OutboxStore {
             .update_many(filter, update)
             .await?
             .modified_count)
+    }
+
+    /// Ends the hold of the entries `filter` (fenced) matches because Event Grid accepted them:
+    /// marked published, or deleted where published entries are not kept. Returns how many.
+    async fn fenced_publish(&self, filter: Document, now: DateTime<Utc>) -> Result<u64, DbError> {
+        if self.keep_published {
+            return self.fenced_update(filter, claim::published_at(now)).await;
+        }
+        Ok(self.entries.delete_many(filter).await?.deleted_count)
     }
 }

@@ -110,6 +110,9 @@ impl TestDb {
         if let Some(key) = &shard_key {
             map.insert("MONGODB_SHARD_KEY".into(), key.clone());
         }
+        if let Some(hours) = test_retention_hours() {
+            map.insert("OUTBOX_RETENTION_HOURS".into(), hours);
+        }
         map.insert("MONGODB_DATABASE".into(), name.clone());
         for (k, v) in extra {
             map.insert((*k).into(), (*v).into());
@@ -321,6 +324,9 @@ impl TestDb {
         if let Some(key) = &self.settings.shard_key {
             settings.push(("MONGODB_SHARD_KEY".into(), key.clone()));
         }
+        if let Some(hours) = test_retention_hours() {
+            settings.push(("OUTBOX_RETENTION_HOURS".into(), hours));
+        }
         settings
     }
 
@@ -393,6 +399,17 @@ pub fn test_placement() -> Option<String> {
     )]
     let placement = std::env::var("OUTBOX_TEST_PLACEMENT").ok();
     placement.filter(|p| !p.is_empty())
+}
+
+/// `OUTBOX_TEST_RETENTION_HOURS`: the retention of every test database (`make test` runs part
+/// of the chaos suite once more with `0`: published entries deleted at once).
+pub fn test_retention_hours() -> Option<String> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "test support reads its own variable"
+    )]
+    let hours = std::env::var("OUTBOX_TEST_RETENTION_HOURS").ok();
+    hours.filter(|h| !h.is_empty())
 }
 
 /// `OUTBOX_TEST_COSMOS_SHARD_KEY`: put every test database behind cosmos-ru-proxy with its
