@@ -159,20 +159,40 @@ async fn outbox_command(env: &[(String, String)], args: &[&str]) -> (bool, Strin
 
 #[tokio::test]
 async fn the_operator_commands_say_that_nothing_is_kept_and_a_replay_is_refused() {
-    let db = TestDb::new().await;
+    // Indexes made as the handler makes them with this setting: the TTL index at 0 s.
+    let db = TestDb::with(&[NO_RETENTION]).await;
     let rx = receiver::start().await;
     let env = app_settings(&db, &rx, &[NO_RETENTION]);
+
+    let (_, out) = outbox_command(&env, &["doctor", "--json"]).await;
+    let report: Value = serde_json::from_str(&out[..=out.rfind('}').unwrap()]).expect(&out);
+    let ttl = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "database.ttl")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(ttl["verdict"], "pass", "{ttl}");
+    assert!(
+        ttl["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deleted once published"),
+        "{ttl}"
+    );
 
     let (ok, out) = outbox_command(&env, &["status"]).await;
     assert!(ok, "{out}");
     assert!(out.contains("OUTBOX_RETENTION_HOURS=0: none kept"), "{out}");
 
+    // The doctor probes the topic; the replay must send nothing after it.
+    let probes = rx.handle().stats().requests;
     let (ok, out) = outbox_command(&env, &["replay", "--since", "2026-01-01T00:00:00Z"]).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("OUTBOX_RETENTION_HOURS=0") && out.contains("nothing to replay"),
         "{out}"
     );
-    assert_eq!(rx.handle().stats().requests, 0);
+    assert_eq!(rx.handle().stats().requests, probes);
     db.drop().await;
 }
