@@ -42,7 +42,7 @@
 //! | `OUTBOX_TIME_BUDGET_SECS` | `120` | time one drain may take (well under `functionTimeout`; at most a day) |
 //! | `OUTBOX_INITIAL_BACKOFF_MS` | `1000` | first persisted retry delay (at most a day) |
 //! | `OUTBOX_MAX_BACKOFF_SECS` | `300` | longest persisted retry delay (at most a week) |
-//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes); `0`: deleted once published (about half the relay's database cost per event; nothing to replay or chart) |
+//! | `OUTBOX_RETENTION_HOURS` | `168` | how long published entries are kept (TTL, or the relay's deletes); `0`: deleted once published (about a third less database CPU per pushed event; nothing to replay or chart) |
 //! | `EVENTGRID_TOPIC_ENDPOINT` | — (required) | the whole `…/api/events` URL |
 //! | `EVENTGRID_TOPIC_KEY` | — | topic access key (secret), sent as `aeg-sas-key`; without it, Entra ID |
 //! | `EVENTGRID_CREDENTIAL` | `managed-identity` | Entra ID credential: `managed-identity` or `developer` (Azure CLI / azd) |
