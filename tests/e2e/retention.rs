@@ -10,6 +10,8 @@ use serde_json::Value;
 use crate::support::{ClientRequest, Handler, TestDb, app_settings, receiver};
 
 const NO_RETENTION: (&str, &str) = ("OUTBOX_RETENTION_HOURS", "0");
+/// The standalone handler's function key: the API and the status page ask for it.
+const KEY: &str = "page-key-0";
 
 /// Waits until no entry is left in the outbox (the deletes follow Event Grid's 200).
 async fn wait_until_no_entries(db: &TestDb, handler: &Handler) {
@@ -33,7 +35,7 @@ async fn post(handler: &Handler, id: &str, key: &str) -> (u16, Value) {
         .post(handler.url("/api/documents"))
         .header("content-type", "application/json")
         .header("Idempotency-Key", key)
-        .header("x-functions-key", "page-key-0")
+        .header("x-functions-key", KEY)
         .body(format!(r#"{{"_id":"{id}","n":1}}"#))
         .send()
         .await
@@ -53,7 +55,7 @@ async fn pushed_events_are_delivered_once_and_their_entries_deleted_and_a_retry_
             NO_RETENTION,
             ("OUTBOX_PUSH", "on"),
             ("OUTBOX_SCHEDULE", "0 0 0 1 1 *"),
-            ("STANDALONE_FUNCTION_KEY", "page-key-0"),
+            ("STANDALONE_FUNCTION_KEY", KEY),
         ],
     ))
     .await;
@@ -90,7 +92,7 @@ async fn pushed_events_are_delivered_once_and_their_entries_deleted_and_a_retry_
     // The status page says why it has no chart, rather than charting nothing.
     let res = handler
         .http()
-        .get(handler.url("/admin/outbox?code=page-key-0"))
+        .get(handler.url(&format!("/admin/outbox?code={KEY}")))
         .send()
         .await
         .unwrap();
