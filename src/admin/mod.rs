@@ -103,7 +103,7 @@ async fn render(page: &OutboxPage, notice: Option<&str>) -> Result<String, crate
     let status = ops::status_of(&page.storage, DEAD_LETTERS_SHOWN, now).await?;
     let ready = page.storage.ready().await?;
     // Where published entries are deleted at once there is nothing to count.
-    let per_minute = if page.storage.settings().keeps_published() {
+    let per_minute = if status.published_kept {
         Some(ready.store.published_per_minute(now, CHART_MINUTES).await?)
     } else {
         None

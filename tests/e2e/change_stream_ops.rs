@@ -13,12 +13,7 @@ use crate::support::{Handler, TestDb};
 
 /// Runs `handler <args>` with `env`; its stdout, or its stderr when it failed.
 async fn command(args: &[&str], env: &[(String, String)]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().cloned())
-        .current_dir(crate::support::host::app_root())
+    let out = crate::support::host::handler_command(args, env.iter().cloned())
         .output()
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::host::app_root;
+use crate::support::host::handler_command;
 use crate::support::{TestDb, app_settings, receiver};
 
 /// What one doctor run printed and how it ended.
@@ -45,12 +45,7 @@ impl Run {
 }
 
 async fn doctor(env: &[(String, String)]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .args(["outbox", "doctor", "--json"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().cloned())
-        .current_dir(app_root())
+    let out = handler_command(&["outbox", "doctor", "--json"], env.iter().cloned())
         .output()
         .await
         .unwrap();

@@ -327,15 +327,11 @@ async fn a_sharded_collection_keeps_its_shard_key_on_documents_tombstones_and_de
 
 /// `handler outbox status --json` over `env`.
 async fn status_json(env: &[(String, String)]) -> serde_json::Value {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .args(["outbox", "status", "--json"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().cloned())
-        .current_dir(crate::support::host::app_root())
-        .output()
-        .await
-        .unwrap();
+    let out =
+        crate::support::host::handler_command(&["outbox", "status", "--json"], env.iter().cloned())
+            .output()
+            .await
+            .unwrap();
     assert!(
         out.status.success(),
         "{}",

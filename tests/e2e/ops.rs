@@ -2,16 +2,11 @@
 
 use serde_json::Value;
 
-use crate::support::host::app_root;
+use crate::support::host::handler_command;
 use crate::support::{TestDb, drain, receiver, relay, settings, write_documents};
 
 async fn handler(args: &[&str], env: &[(String, String)]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().cloned())
-        .current_dir(app_root())
+    let out = handler_command(args, env.iter().cloned())
         .output()
         .await
         .unwrap();
@@ -116,12 +111,7 @@ async fn status_into_a_pipe_whose_reader_is_gone_exits_cleanly() {
     let db = TestDb::new().await;
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .args(["outbox", "status"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(db.app_settings())
-        .current_dir(app_root())
+    let out = handler_command(&["outbox", "status"], db.app_settings())
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .output()

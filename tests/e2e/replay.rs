@@ -8,17 +8,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::support::host::app_root;
+use crate::support::host::handler_command;
 use crate::support::{TestDb, app_settings, drain, receiver, relay, settings, write_documents};
 
 fn command(env: &[(String, String)], args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"));
-    c.args(["outbox", "replay"])
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().cloned())
-        .current_dir(app_root());
+    let mut c = handler_command(&["outbox", "replay"], env.iter().cloned());
+    c.args(args);
     c
 }
 

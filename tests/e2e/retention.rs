@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::host::handler_command;
 use crate::support::{ClientRequest, Handler, TestDb, app_settings, receiver};
 
 const NO_RETENTION: (&str, &str) = ("OUTBOX_RETENTION_HOURS", "0");
@@ -139,13 +140,10 @@ async fn the_timer_relay_under_the_functions_host_deletes_what_it_published() {
 
 /// `handler outbox <args>` with `env`: whether it succeeded, and its stdout and stderr.
 async fn outbox_command(env: &[(String, String)], args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .arg("outbox")
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().cloned())
-        .current_dir(crate::support::host::app_root())
+    let args: Vec<&str> = std::iter::once("outbox")
+        .chain(args.iter().copied())
+        .collect();
+    let out = handler_command(&args, env.iter().cloned())
         .output()
         .await
         .unwrap();

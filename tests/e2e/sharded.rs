@@ -9,19 +9,14 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 
-use crate::support::host::app_root;
+use crate::support::host::handler_command;
 use crate::support::{ClientRequest, Handler, TestDb, app_settings, drain, receiver, relay};
 
 const KEY: &str = "tenant";
 
 /// Runs `handler serve` until it stops by itself (at most 60 s); its exit status and output.
 async fn serve_until_it_stops(settings: &[(String, String)]) -> (bool, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .args(["serve", "--port", "0"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(settings.iter().cloned())
-        .current_dir(app_root())
+    let run = handler_command(&["serve", "--port", "0"], settings.iter().cloned())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), run)

@@ -21,6 +21,22 @@ pub fn app_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `handler <args>` as an operator runs it: only `env` (and a `PATH`) in its environment, the
+/// app root as its directory. The caller adds what else it needs and runs it.
+pub fn handler_command<K, V>(args: &[&str], env: impl IntoIterator<Item = (K, V)>) -> Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut c = Command::new(env!("CARGO_BIN_EXE_handler"));
+    c.args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env)
+        .current_dir(app_root());
+    c
+}
+
 /// A running `handler` process.
 pub struct Handler {
     child: Child,
