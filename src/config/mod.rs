@@ -701,7 +701,7 @@ mod tests {
     #[test]
     fn push_tail_linger_poll_and_rate_have_defaults_and_checks() {
         let s = Settings::from_env(&with(&[])).unwrap();
-        assert!(s.relay.push && s.relay.tail);
+        assert!(s.relay.push && s.relay.tail && s.relay.watch);
         assert_eq!(s.relay.linger, Duration::from_millis(5));
         assert_eq!(s.relay.poll, Duration::from_secs(1));
         assert_eq!(
@@ -716,15 +716,17 @@ mod tests {
         let s = Settings::from_env(&with(&[
             ("OUTBOX_PUSH", "OFF"),
             ("OUTBOX_TAIL", "false"),
+            ("OUTBOX_TAIL_WATCH", "Off"),
             ("OUTBOX_LINGER_MS", "0"),
             ("EVENTGRID_MAX_EVENTS_PER_SEC", "5000"),
         ]))
         .unwrap();
-        assert!(!s.relay.push && !s.relay.tail);
+        assert!(!s.relay.push && !s.relay.tail && !s.relay.watch);
         assert_eq!(s.relay.linger, Duration::ZERO);
         assert_eq!(s.eventgrid.max_events_per_sec.map(|n| n.get()), Some(5000));
         for (name, bad) in [
             ("OUTBOX_PUSH", "yes please"),
+            ("OUTBOX_TAIL_WATCH", "sometimes"),
             ("OUTBOX_LINGER_MS", "1001"),
             ("OUTBOX_POLL_MS", "0"),
             ("EVENTGRID_MAX_EVENTS_PER_SEC", "0"),

@@ -74,6 +74,12 @@ pub struct RelaySettings {
     /// `OUTBOX_TAIL`: relay continuously (standalone), or for the whole budget of each timer
     /// invocation (Functions), instead of one drain per schedule tick.
     pub tail: bool,
+    /// `OUTBOX_TAIL_WATCH`: a change stream on the outbox wakes the tail for each new entry
+    /// nobody holds (where the server has one); off, the tail looks every `poll` only. Off
+    /// spares `mongod` the stream's cost on every write (it wakes for each one, also for the
+    /// entries a write holds for its own push), at the price of finding entries written
+    /// without the push path up to `poll` later.
+    pub watch: bool,
     /// The tail's longest wait between two drains when nothing woke it sooner.
     pub poll: Duration,
 }
@@ -157,6 +163,7 @@ impl RelaySettings {
             ));
         }
         let tail = env.switch_or("OUTBOX_TAIL", true)?;
+        let watch = env.switch_or("OUTBOX_TAIL_WATCH", true)?;
         let poll = env.millis_within("OUTBOX_POLL_MS", 1000, MAX_POLL)?;
         Ok(Self {
             batch_size,
@@ -170,6 +177,7 @@ impl RelaySettings {
             linger,
             write_wait,
             tail,
+            watch,
             poll,
         })
     }

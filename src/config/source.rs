@@ -147,13 +147,20 @@ pub(super) fn from_env(env: &Env) -> Result<EventSource, ConfigError> {
 ///
 /// # Errors
 /// `change-stream` with `OUTBOX_TAIL=off` (a one-off drain has no stream to read, so nothing
-/// would ever be published).
+/// would ever be published), or with `OUTBOX_TAIL_WATCH=off` (that source is a change stream;
+/// the setting would do nothing).
 pub(super) fn fit(source: EventSource, relay: &mut RelaySettings) -> Result<(), ConfigError> {
     if source == EventSource::ChangeStream {
         if !relay.tail {
             return Err(ConfigError::new(
                 "OUTBOX_TAIL",
                 "must be on with OUTBOX_SOURCE=change-stream: the change stream is read by the tail",
+            ));
+        }
+        if !relay.watch {
+            return Err(ConfigError::new(
+                "OUTBOX_TAIL_WATCH",
+                "must be on with OUTBOX_SOURCE=change-stream: that source is read from a change stream, whatever this setting says",
             ));
         }
         relay.push = false;
@@ -230,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn the_change_stream_needs_the_tail_and_turns_the_push_path_off() {
+    fn the_change_stream_needs_the_tail_and_its_watch_and_turns_the_push_path_off() {
         let (source, relay) = load(&[]);
         assert_eq!(source.unwrap(), EventSource::Outbox);
         assert!(relay.push);
@@ -241,6 +248,13 @@ mod tests {
             .0
             .unwrap_err();
         assert_eq!(e.setting, "OUTBOX_TAIL");
+        let e = load(&[
+            ("OUTBOX_SOURCE", "change-stream"),
+            ("OUTBOX_TAIL_WATCH", "off"),
+        ])
+        .0
+        .unwrap_err();
+        assert_eq!(e.setting, "OUTBOX_TAIL_WATCH");
         assert_eq!(
             load(&[("OUTBOX_SOURCE", "cdc")]).0.unwrap_err().setting,
             "OUTBOX_SOURCE"

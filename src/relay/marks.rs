@@ -2,20 +2,22 @@
 //! time, not one update per pushed batch.
 //!
 //! Why: a pushed batch is small (what arrived within `OUTBOX_LINGER_MS`, ~5 events at 1,000
-//! writes/s), and an `updateMany` costs `mongod` about as much for 5 entries as for 100 — the
-//! command, not the entries, was most of the push path's database cost per event. Measured on
-//! a real `mongod` marking 1,000 entries a second: ~93 µs of CPU per entry in updates of 50
-//! (one every 50 ms), ~63 µs in updates of 250, ~56 µs in updates of 1,000, against ~52 µs for
-//! the same updates sent back to back — a `mongod` woken 20 times a second pays per wake-up,
-//! not per entry. So the marks of the batches accepted within [`MARK_EVERY`] (or up to
-//! `OUTBOX_BATCH_SIZE` events) go in one update, fenced on the process's push token as before.
-//! Nothing waits for it: the writes' receipts say "published" once Event Grid accepted the
-//! event, and the commit → publish lag is measured then, not at the mark.
+//! writes/s), and `mongod` pays for each update far more than its entries alone cost: the
+//! fewer, larger the updates, the cheaper each entry. `make bench` (`relay-cost`), marking
+//! 20,000 held entries at the push path's rate of 1,000 a second, measured `mongod` CPU per
+//! entry of ~80 µs in updates of 50 (one every 50 ms), 40–46 µs in updates of 250 (every
+//! 250 ms), 31–32 µs in updates of 1,000 (every second), against ~27 µs for updates of 1,000
+//! sent back to back. So the marks of the batches accepted within [`MARK_EVERY`], or as soon as
+//! `OUTBOX_BATCH_SIZE` events (1,000 by default) are waiting, go in one update, fenced on the
+//! process's push token as before. Nothing waits for it: the writes' receipts say "published"
+//! once Event Grid accepted the event, and the commit → publish lag is measured then, not at
+//! the mark.
 //!
 //! What it changes: a process that dies after Event Grid accepted a batch and before its mark
 //! publishes those events again once their holds end (the sweeper, the same ids), as it did
 //! when it died between the 200 and the per-batch update; the window grows from one update to
-//! at most [`MARK_EVERY`]. A mark that fails is logged and dropped the same way.
+//! at most [`MARK_EVERY`] and `OUTBOX_BATCH_SIZE` events. A mark that fails is logged and
+//! dropped the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ use crate::outbox::store::{ClaimToken, RelayStore};
 use crate::telemetry::chain;
 
 /// Longest a mark waits for others to share its update.
-pub(super) const MARK_EVERY: Duration = Duration::from_millis(250);
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// Events Event Grid accepted, to be marked published.
 pub(super) struct Accepted {

@@ -48,6 +48,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use self::marks::MARK_EVERY;
 pub use self::report::{RelayReport, StopReason};
 pub use self::resync::{ResyncError, Resynced};
 pub use self::time::next_attempt_at;

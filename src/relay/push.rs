@@ -5,7 +5,7 @@
 //! its request (or until a batch is full), and publishes the batch exactly as a drain publishes
 //! a claimed one ([`InFlight`]): the entries are already held by this process's token, so the
 //! batch *is* a claim. What Event Grid accepted is marked published by one update fenced on
-//! that token, shared by the batches accepted within 250 ms ([`super::marks`]). That is the push
+//! that token, shared by the batches accepted within a second ([`super::marks`]). That is the push
 //! path's whole database cost per event: the claim a drain makes (find, take, read back) never
 //! happens.
 //!

@@ -10,8 +10,14 @@
 //!   On Cosmos DB RU the stream has RU's mandatory shape and the entries are picked out of
 //!   every change (see `outbox/store/watch.rs`);
 //! - `OUTBOX_POLL_MS` passing — the sweeper's beat, and the only wake-up where there is no
-//!   change stream (a standalone server, a DocumentDB without its change-stream flag): entries
-//!   whose hold or backoff ended, requeued dead letters, entries whose push failed.
+//!   change stream (a standalone server, a DocumentDB without its change-stream flag, or
+//!   `OUTBOX_TAIL_WATCH=off`): entries whose hold or backoff ended, requeued dead letters,
+//!   entries whose push failed.
+//!
+//! The stream is not free: `mongod` wakes it for every write to the deployment and reads the
+//! change to decide that nobody needs it, also for each entry a write holds for its own push.
+//! `make bench` (`relay-cost`, `tail`) measures what that costs per write;
+//! `OUTBOX_TAIL_WATCH=off` saves it where every write goes through the push path.
 //!
 //! Entries this process's writes push (see [`crate::push`]) do not need the tail at all; it is
 //! the safety net for everything else.
@@ -55,11 +61,14 @@ impl Relay {
             .unwrap_or_else(far_future);
         let wake = Arc::new(Notify::new());
         let watching = shutdown.child_token();
-        let watcher = tokio::spawn(watch(
-            Arc::clone(&self.storage),
-            Arc::clone(&wake),
-            watching.clone(),
-        ));
+        // OUTBOX_TAIL_WATCH=off: no change stream, the poll is the only wake-up.
+        let watcher = self.settings.watch.then(|| {
+            tokio::spawn(watch(
+                Arc::clone(&self.storage),
+                Arc::clone(&wake),
+                watching.clone(),
+            ))
+        });
         let mut total = RelayReport::default();
         let needed = self.settings.time_to_claim(self.publisher.timeout());
         loop {
@@ -89,7 +98,9 @@ impl Relay {
             }
         }
         watching.cancel();
-        let _ = watcher.await;
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         total.duration_ms = millis(started.elapsed());
         total
     }

@@ -76,6 +76,7 @@ mod tests {
             linger: Duration::from_millis(5),
             write_wait: Duration::ZERO,
             tail: false,
+            watch: true,
             poll: Duration::from_secs(1),
         }
     }

@@ -81,6 +81,31 @@ async fn wait_until_watching(handler: &Handler, times: usize, limit: Duration) {
     }
 }
 
+/// Change streams open on the entries' collection, as the server lists them (an awaiting
+/// `getMore` or a cursor between two), whoever opened them.
+async fn streams_on_the_outbox(db: &TestDb) -> usize {
+    use futures_util::TryStreamExt as _;
+    let outbox = db.outbox();
+    let ns = format!("{}.{}", outbox.namespace().db, outbox.name());
+    let ops: Vec<mongodb::bson::Document> = db
+        .db()
+        .client()
+        .database("admin")
+        .aggregate([
+            mongodb::bson::doc! { "$currentOp": { "allUsers": true, "idleCursors": true } },
+            mongodb::bson::doc! { "$match": {
+                "ns": ns,
+                "cursor.originatingCommand.pipeline.0.$changeStream": { "$exists": true },
+            } },
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    ops.len()
+}
+
 fn accepted(rx: &receiver::RunningReceiver) -> BTreeSet<String> {
     rx.handle().accepted_ids().into_iter().collect()
 }
@@ -159,7 +184,7 @@ async fn a_write_that_waits_for_its_publish_answers_after_the_topic_accepted_it(
     assert_eq!(res.status(), 201, "{}", handler.output());
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["published"], false, "{body}");
-    // The first is marked published within the push path's marking interval (250 ms); the
+    // The first is marked published within the push path's marking interval (a second); the
     // second stays pending: the sweeper owns it now.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while db.count_entries_with("published").await < 1 {
@@ -316,6 +341,10 @@ async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
     .await;
     // The tail's first drain (at start) found nothing; wait until it watches.
     wait_until_watching(&handler, 1, Duration::from_secs(15)).await;
+    assert!(
+        streams_on_the_outbox(&db).await >= 1,
+        "the server does not list the tail's change stream"
+    );
 
     let id = insert_unheld(&db, "other-app-1").await;
 
@@ -327,6 +356,53 @@ async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
         handler.output()
     );
     assert_eq!(rx.handle().accepted_ids(), vec![id]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn without_its_watch_the_tail_opens_no_change_stream_and_finds_unheld_entries_by_its_poll() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_TAIL", "on"),
+            ("OUTBOX_TAIL_WATCH", "off"),
+            ("OUTBOX_POLL_MS", "300"),
+            ("RUST_LOG", "info,outbox_relay::relay=debug"),
+        ],
+    ))
+    .await;
+    let pushed = post(&handler, "pushed-1").await;
+    assert!(
+        rx.handle()
+            .wait_for_events(1, Duration::from_secs(15))
+            .await,
+        "the push path does not need the watch:\n{}",
+        handler.output()
+    );
+
+    let id = insert_unheld(&db, "other-app-1").await;
+    assert!(
+        rx.handle()
+            .wait_for_events(2, Duration::from_secs(15))
+            .await,
+        "the poll did not find the entry nobody holds:\n{}",
+        handler.output()
+    );
+    assert_eq!(accepted(&rx), BTreeSet::from([pushed, id]));
+    assert_eq!(rx.handle().stats().duplicate_deliveries, 0);
+    assert_eq!(
+        streams_on_the_outbox(&db).await,
+        0,
+        "OUTBOX_TAIL_WATCH=off, yet a change stream is open on the outbox"
+    );
+    assert!(
+        !handler.output().contains("Watching the outbox"),
+        "{}",
+        handler.output()
+    );
     db.drop().await;
 }
 

@@ -358,6 +358,16 @@ async fn change_streams(store: &OutboxStore, settings: &Settings) -> Check {
     if !settings.relay.tail {
         return Check::skip(ID, TITLE, "not needed: OUTBOX_TAIL=off");
     }
+    if !settings.relay.watch {
+        return Check::skip(
+            ID,
+            TITLE,
+            format!(
+                "not used: OUTBOX_TAIL_WATCH=off, the tail looks every {}",
+                human(settings.relay.poll)
+            ),
+        );
+    }
     match store.watch_new_unheld().await {
         Ok(stream) => {
             drop(stream);
