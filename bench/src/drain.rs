@@ -63,53 +63,14 @@ pub(crate) async fn seed_held(
     hold: Option<store::Hold>,
 ) -> anyhow::Result<(f64, Vec<OutboxEvent>)> {
     let mut kept = Vec::new();
-    let settings = MongoSettings::from_env(&Env::from_map(env.clone().into_iter().collect()))
-        .context("the drain's MongoDB settings")?;
-    let db = client.database(&settings.database);
-    outbox_relay::outbox::storage::ensure_indexes(&db, &settings, Placement::Separate)
-        .await
-        .context("cannot create the collections and indexes")?;
-    let entries = db.collection::<Document>(&settings.outbox_collection);
-    let types = EventTypes::PerOperation {
-        prefix: "CosmosDB".into(),
-    };
-    let event_type = types.for_operation(Operation::Created);
-    let collection = settings.collection.as_str();
+    let (settings, entries) = prepare(client, env).await?;
     let started = Instant::now();
     let first_time = chrono::Utc::now() - chrono::Duration::milliseconds(i64::try_from(n)?);
     let mut chunk = Vec::with_capacity(SEED_CHUNK);
     let mut inserting: Option<tokio::task::JoinHandle<mongodb::error::Result<()>>> = None;
     for i in 0..n {
-        let id = DocumentId::parse(&format!("d-{i}"))?;
-        let body = RawValue::from_string(document("d", i))?;
-        let revision = Revision::first();
-        let event = OutboxEvent::new(
-            EventId::for_change(
-                &settings.database,
-                collection,
-                id.as_str(),
-                &revision.lineage,
-                revision.version,
-            ),
-            format!("{collection}/{}", id.as_str()),
-            event_type.clone(),
-            "1.0".into(),
-            change_data(
-                Operation::Created,
-                &id,
-                revision.version,
-                &revision.lineage,
-                Some(&body),
-            ),
-            first_time + chrono::Duration::milliseconds(i64::try_from(i)?),
-        );
-        chunk.push(store::new_entry(
-            &event,
-            collection,
-            id.as_str(),
-            None,
-            hold,
-        ));
+        let (entry, event) = entry(&settings, i, first_time, hold)?;
+        chunk.push(entry);
         if hold.is_some() {
             kept.push(event);
         }
@@ -128,6 +89,62 @@ pub(crate) async fn seed_held(
         previous.await??;
     }
     Ok((started.elapsed().as_secs_f64(), kept))
+}
+
+/// Reads the MongoDB settings of `env` and creates the collections and indexes exactly as the
+/// handler does (separate placement); returns the settings and the entries' collection.
+pub(crate) async fn prepare(
+    client: &mongodb::Client,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<(MongoSettings, mongodb::Collection<Document>)> {
+    let settings = MongoSettings::from_env(&Env::from_map(env.clone().into_iter().collect()))
+        .context("the drain's MongoDB settings")?;
+    let db = client.database(&settings.database);
+    outbox_relay::outbox::storage::ensure_indexes(&db, &settings, Placement::Separate)
+        .await
+        .context("cannot create the collections and indexes")?;
+    let entries = db.collection::<Document>(&settings.outbox_collection);
+    Ok((settings, entries))
+}
+
+/// The `i`-th entry (for a ~1 KB document `d-{i}`, due `i` ms after `first_time`) exactly as a
+/// write stores it, held by `hold` where the push path's write would hold it; and its event.
+pub(crate) fn entry(
+    settings: &MongoSettings,
+    i: usize,
+    first_time: chrono::DateTime<chrono::Utc>,
+    hold: Option<store::Hold>,
+) -> anyhow::Result<(Document, OutboxEvent)> {
+    let collection = settings.collection.as_str();
+    let id = DocumentId::parse(&format!("d-{i}"))?;
+    let body = RawValue::from_string(document("d", i))?;
+    let revision = Revision::first();
+    let event_type = EventTypes::PerOperation {
+        prefix: "CosmosDB".into(),
+    }
+    .for_operation(Operation::Created);
+    let event = OutboxEvent::new(
+        EventId::for_change(
+            &settings.database,
+            collection,
+            id.as_str(),
+            &revision.lineage,
+            revision.version,
+        ),
+        format!("{collection}/{}", id.as_str()),
+        event_type,
+        "1.0".into(),
+        change_data(
+            Operation::Created,
+            &id,
+            revision.version,
+            &revision.lineage,
+            Some(&body),
+        ),
+        first_time + chrono::Duration::milliseconds(i64::try_from(i)?),
+    );
+    let entry = store::new_entry(&event, collection, id.as_str(), None, hold);
+    Ok((entry, event))
 }
 
 /// Seeds the backlog, starts a fresh handler and triggers drains until nothing remains.

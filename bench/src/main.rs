@@ -35,6 +35,7 @@ mod procs;
 mod profile;
 mod push_cost;
 mod scenarios;
+mod tail_cost;
 mod writes;
 
 use std::collections::BTreeMap;

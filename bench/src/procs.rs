@@ -215,7 +215,11 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU seconds (user + system) a process has used so far; `None` if it is gone.
 pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of a process's or a thread's `stat` line, in seconds.
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
     // The command name is in parentheses and may contain spaces: split after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -223,6 +227,33 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// CPU seconds of each thread of `pid` by the thread's name (`mongod` names the thread serving
+/// a connection `conn<id>`); threads of the same name are summed. Empty if it cannot be read.
+pub(crate) fn thread_cpu_secs(pid: u32) -> std::collections::HashMap<String, f64> {
+    let mut by_name = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(name), Some(cpu)) = (
+            std::fs::read_to_string(path.join("comm")),
+            task.file_name()
+                .to_str()
+                .and_then(|tid| tid.parse().ok())
+                .and_then(|tid: u32| thread_cpu(pid, tid)),
+        ) else {
+            continue;
+        };
+        *by_name.entry(name.trim().to_owned()).or_insert(0.0) += cpu;
+    }
+    by_name
+}
+
+fn thread_cpu(pid: u32, tid: u32) -> Option<f64> {
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
 }
 
 /// A `kB` value of `/proc/<pid>/status` (`VmHWM`, `VmRSS`); `None` if it cannot be read.
