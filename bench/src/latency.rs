@@ -83,6 +83,12 @@ const RUNS: &[Spec] = &[
         extra: &[("OUTBOX_PUSH", "off")],
     },
     Spec {
+        name: "standalone_tail_watch_off_1000",
+        front: Front::Standalone,
+        rate: 1000,
+        extra: &[("OUTBOX_TAIL_WATCH", "off")],
+    },
+    Spec {
         name: "standalone_writes_only_1000",
         front: Front::Standalone,
         rate: 1000,
@@ -103,19 +109,28 @@ pub(crate) async fn run(
         out.insert(spec.name.into(), figures);
     }
     let per_write = |name: &str| out[name]["mongod_cpu_us_per_write"].as_f64();
-    if let (Some(with_push), Some(alone)) = (
-        per_write("standalone_default_1000"),
-        per_write("standalone_writes_only_1000"),
-    ) {
-        out.insert(
-            "push_mongod_cpu_us_per_event".into(),
-            json!(round(with_push - alone, 1)),
-        );
+    let relay_costs: Vec<(&str, f64)> = [
+        ("relay_mongod_cpu_us_per_event", "standalone_default_1000"),
+        (
+            "relay_tail_watch_off_mongod_cpu_us_per_event",
+            "standalone_tail_watch_off_1000",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(figure, run)| {
+        Some((
+            figure,
+            per_write(run)? - per_write("standalone_writes_only_1000")?,
+        ))
+    })
+    .collect();
+    for (figure, cost) in relay_costs {
+        out.insert(figure.into(), json!(round(cost, 1)));
     }
     out.insert(
         "method".into(),
         json!(format!(
-            "open-loop POSTs of ~1 KB documents for {seconds} s per run; latency = the receiver accepted the request carrying the event − the client got its 201 (wall clock, ms); default configuration unless the run says otherwise; push_mongod_cpu_us_per_event = mongod CPU per write with the push path − without any publishing, at 1,000/s"
+            "open-loop POSTs of ~1 KB documents for {seconds} s per run; latency = the receiver accepted the request carrying the event − the client got its 201 (wall clock, ms); default configuration unless the run says otherwise; relay_mongod_cpu_us_per_event = mongod CPU per write in the default configuration (the push path and the tail's change stream) − with neither (OUTBOX_PUSH=off, OUTBOX_TAIL=off), at 1,000/s: the difference of two noisy runs (relay-cost measures each part apart); relay_tail_watch_off_* = the same with OUTBOX_TAIL_WATCH=off"
         )),
     );
     Ok(out.into())
