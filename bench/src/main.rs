@@ -471,7 +471,8 @@ async fn run(
         figures["latency"] = l;
     }
     if args.wants(Scenario::RelayCost) {
-        let cost = push_cost::run(&ctx, args.push_cost_events, 1000).await?;
+        let mut cost = push_cost::run(&ctx, args.push_cost_events, 1000).await?;
+        cost["tail"] = tail_cost::run(&ctx, args.push_cost_events, 1000).await?;
         targets.push(target(
             "push path mongod CPU per event",
             "µs",

@@ -16,7 +16,8 @@
 //!   1,000 ids), which shows what the push path costs beyond its marks (nothing, measured).
 //!
 //! The tail, which the default deployment runs beside the push path, costs `mongod` something
-//! on every write rather than on every publish: [`crate::tail_cost`] measures it.
+//! on every write rather than on every publish: `tail_cost.rs` measures it, reported beside
+//! these figures.
 //!
 //! Each once more with `OUTBOX_RETENTION_HOURS=0`, where a published entry is deleted instead
 //! of marked: the cheapest state change `mongod` has for an entry (no index key moved or added,
@@ -55,7 +56,6 @@ pub(crate) async fn run(ctx: &Ctx<'_>, events: usize, rate: u32) -> anyhow::Resu
         "push_retention_0": push_path(ctx, events, rate, None, DELETED, idle).await?,
         "sweeper_retention_0": sweeper(ctx, events, DELETED, idle).await?,
         "floor_one_delete_per_entry": floor(ctx, events, DELETED, idle, Pace::BackToBack).await?,
-        "tail": crate::tail_cost::run(ctx, events, rate).await?,
         "method": format!("{events} entries of ~1 KB documents seeded first (not measured), then mongod CPU while the product's relay, in the benchmark's process, publishes them to the receiver: push = handed to the push loop at {rate}/s with the default OUTBOX_LINGER_MS (push_linger_50ms: 50 ms, to show the share of per-request costs); sweeper = the same backlog unheld, drained by drain_once; floor_one_mark_per_entry = the held backlog marked published by the store's fenced update, 1,000 ids at a time back to back, nothing published; floor_marks_at_the_push_pace = the same marks spaced as the push path spaces its own at {rate}/s ({per_mark} ids per update, one update per {per_mark} events); *_retention_0 and floor_one_delete_per_entry = the same with OUTBOX_RETENTION_HOURS=0 (published entries deleted, not marked); *_net = less mongod's own idle CPU (measured for 5 s before) over the same time; each run starts after a checkpoint (fsync) that writes the seeding to disk, and ends with one that writes its own changes"),
     }))
 }
