@@ -107,6 +107,7 @@ impl InFlight {
                     .flat_map(|r| self.ids(r.clone()))
                     .collect(),
                 lags: self.lags(&report.accepted, Utc::now()).collect(),
+                mark_by: self.deadline,
             };
             if marks.send(handed).is_ok() {
                 report.handed_to_marks += accepted as u64;

@@ -11,7 +11,8 @@
 //! `OUTBOX_BATCH_SIZE` events (1,000 by default) are waiting, go in one update, fenced on the
 //! process's push token as before. Nothing waits for it: the writes' receipts say "published"
 //! once Event Grid accepted the event, and the commit → publish lag is measured then, not at
-//! the mark.
+//! the mark. A batch whose holds end sooner (a short `OUTBOX_LEASE_SECS`) is marked by its
+//! deadline instead, before a drain may take its entries.
 //!
 //! What it changes: a process that dies after Event Grid accepted a batch and before its mark
 //! publishes those events again once their holds end (the sweeper, the same ids), as it did
@@ -42,6 +43,10 @@ pub(super) struct Accepted {
     pub(super) ids: Vec<EventId>,
     /// Each event's commit → accepted lag, recorded once it is marked.
     pub(super) lags: Vec<Duration>,
+    /// The latest the mark may be made: the batch's deadline (its earliest hold's end less the
+    /// lease margin), after which a drain may take the entries and publish them again. With a
+    /// short `OUTBOX_LEASE_SECS` this comes before [`MARK_EVERY`].
+    pub(super) mark_by: Instant,
 }
 
 /// Where pushed batches hand what Event Grid accepted.
@@ -75,8 +80,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Accepted>, limit: usize) -> u64 {
             return marked + mark(waiting).await;
         };
         count += accepted.ids.len();
+        let by = accepted.mark_by.min(Instant::now() + MARK_EVERY);
+        due = Some(due.map_or(by, |at| at.min(by)));
         waiting.push(accepted);
-        due.get_or_insert_with(|| Instant::now() + MARK_EVERY);
         if count >= limit {
             marked += mark(std::mem::take(&mut waiting)).await;
             (count, due) = (0, None);

@@ -325,6 +325,52 @@ async fn a_mark_that_fails_after_the_topic_accepted_leaves_the_events_to_the_swe
 }
 
 #[tokio::test]
+async fn with_a_short_lease_pushed_events_are_marked_before_their_holds_end() {
+    let db = TestDb::new().await;
+    let rx = receiver::start().await;
+    // Each request takes 300 ms, a hold lasts one second from the commit, and the tail looks
+    // every 50 ms: a mark left for the push path's usual second would come after the holds
+    // end, and the tail would publish the events a second time.
+    rx.handle().set_latency(Some(Duration::from_millis(300)));
+    let handler = Handler::standalone(&app_settings(
+        &db,
+        &rx,
+        &[
+            ("OUTBOX_PUSH", "on"),
+            ("OUTBOX_TAIL", "on"),
+            ("OUTBOX_POLL_MS", "50"),
+            ("OUTBOX_LEASE_SECS", "1"),
+            ("EVENTGRID_PUBLISH_TIMEOUT_MS", "500"),
+        ],
+    ))
+    .await;
+
+    let mut written = BTreeSet::new();
+    for i in 0..10 {
+        written.insert(post(&handler, &format!("short-hold-{i}")).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rx.handle()
+            .wait_for_events(10, Duration::from_secs(15))
+            .await,
+        "{}",
+        handler.output()
+    );
+    // Long enough for any hold to end and the tail to look many times.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(accepted(&rx), written);
+    assert_eq!(
+        rx.handle().stats().duplicate_deliveries,
+        0,
+        "events published again after their holds ended:\n{}",
+        handler.output()
+    );
+    assert_eq!(db.count_entries_with("published").await, 10);
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;
