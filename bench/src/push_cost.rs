@@ -107,11 +107,8 @@ async fn push_path(
     let (_, seeded) = crate::drain::seed_held(ctx.client, &env, events, Some(hold)).await?;
     ctx.receiver_call(reqwest::Method::DELETE, "/_receiver/events")
         .await?;
-    let seeding_checkpoint = checkpoint(ctx).await?;
-
     let shutdown = CancellationToken::new();
-    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
-    let started = Instant::now();
+    let run = Metered::start(ctx).await?;
     let pushing = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
         async move { relay.push(inbox, shutdown).await }
@@ -124,19 +121,11 @@ async fn push_path(
         tokio::time::sleep_until(next).await;
     }
     let published = wait_published(ctx, database, events, retention).await?;
-    checkpoint(ctx).await?;
-    let cpu_seconds = cpu.read();
-    let seconds = started.elapsed().as_secs_f64();
+    let figures = run.finish(ctx, published, idle).await?;
     shutdown.cancel();
     pushing.await.context("the push loop")?;
     ctx.drop_database(database).await;
-    Ok(figures(
-        &cpu_seconds,
-        published,
-        seconds,
-        idle,
-        seeding_checkpoint,
-    ))
+    Ok(figures)
 }
 
 async fn sweeper(
@@ -151,9 +140,7 @@ async fn sweeper(
     crate::drain::seed(ctx.client, &env, events).await?;
     ctx.receiver_call(reqwest::Method::DELETE, "/_receiver/events")
         .await?;
-    let seeding_checkpoint = checkpoint(ctx).await?;
-    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
-    let started = Instant::now();
+    let run = Metered::start(ctx).await?;
     for _ in 0..100 {
         let report = relay
             .drain_once(settings.relay.time_budget, &CancellationToken::new())
@@ -163,17 +150,9 @@ async fn sweeper(
         }
     }
     let published = wait_published(ctx, database, events, retention).await?;
-    checkpoint(ctx).await?;
-    let cpu_seconds = cpu.read();
-    let seconds = started.elapsed().as_secs_f64();
+    let figures = run.finish(ctx, published, idle).await?;
     ctx.drop_database(database).await;
-    Ok(figures(
-        &cpu_seconds,
-        published,
-        seconds,
-        idle,
-        seeding_checkpoint,
-    ))
+    Ok(figures)
 }
 
 /// How the floor's marks are spaced: back to back, 1,000 ids each, or at the push path's pace
@@ -208,9 +187,7 @@ async fn floor(
     )
     .keeping_published(settings.keeps_published());
     let ids: Vec<_> = seeded.iter().map(|e| e.id).collect();
-    let seeding_checkpoint = checkpoint(ctx).await?;
-    let cpu = CpuMeter::start(vec![("mongod", ctx.mongod.pid())]);
-    let started = Instant::now();
+    let run = Metered::start(ctx).await?;
     let mut published = 0;
     let (chunk_len, every) = match pace {
         Pace::BackToBack => (1_000, Duration::ZERO),
@@ -231,17 +208,9 @@ async fn floor(
             .await
             .context("the floor's marks")?;
     }
-    checkpoint(ctx).await?;
-    let cpu_seconds = cpu.read();
-    let seconds = started.elapsed().as_secs_f64();
+    let figures = run.finish(ctx, published, idle).await?;
     ctx.drop_database(database).await;
-    Ok(figures(
-        &cpu_seconds,
-        published,
-        seconds,
-        idle,
-        seeding_checkpoint,
-    ))
+    Ok(figures)
 }
 
 /// Ids in one of the push path's marks at `rate` events/s: what is accepted within
@@ -292,6 +261,40 @@ async fn wait_published(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(published)
+}
+
+/// One measured run: `mongod`'s CPU from a checkpoint before it to one after it.
+struct Metered {
+    cpu: CpuMeter,
+    started: Instant,
+    /// What the checkpoint before the run cost (the seeding's deferred writes), not charged.
+    seeding_checkpoint: f64,
+}
+
+impl Metered {
+    async fn start(ctx: &Ctx<'_>) -> anyhow::Result<Self> {
+        let seeding_checkpoint = checkpoint(ctx).await?;
+        Ok(Self {
+            cpu: CpuMeter::start(vec![("mongod", ctx.mongod.pid())]),
+            started: Instant::now(),
+            seeding_checkpoint,
+        })
+    }
+
+    /// Ends the run with a checkpoint (its own deferred writes are charged to it) and returns
+    /// its figures for `published` events.
+    async fn finish(self, ctx: &Ctx<'_>, published: u64, idle: f64) -> anyhow::Result<Value> {
+        checkpoint(ctx).await?;
+        let cpu_seconds = self.cpu.read();
+        let seconds = self.started.elapsed().as_secs_f64();
+        Ok(figures(
+            &cpu_seconds,
+            published,
+            seconds,
+            idle,
+            self.seeding_checkpoint,
+        ))
+    }
 }
 
 /// Has `mongod` write everything changed so far to disk (`fsync` takes a WiredTiger

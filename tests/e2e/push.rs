@@ -106,6 +106,20 @@ async fn streams_on_the_outbox(db: &TestDb) -> usize {
     ops.len()
 }
 
+/// A standalone handler with its tail on, logging at debug what the tail does (it says when it
+/// watches), and `extra` settings.
+async fn tailing_handler(
+    db: &TestDb,
+    rx: &receiver::RunningReceiver,
+    extra: &[(&str, &str)],
+) -> Handler {
+    let tailing = [
+        ("OUTBOX_TAIL", "on"),
+        ("RUST_LOG", "info,outbox_relay::relay=debug"),
+    ];
+    Handler::standalone(&app_settings(db, rx, &with(&[&tailing, extra]))).await
+}
+
 fn accepted(rx: &receiver::RunningReceiver) -> BTreeSet<String> {
     rx.handle().accepted_ids().into_iter().collect()
 }
@@ -375,16 +389,7 @@ async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;
     // The poll is a minute away: only the change stream can wake the tail within the test.
-    let handler = Handler::standalone(&app_settings(
-        &db,
-        &rx,
-        &[
-            ("OUTBOX_TAIL", "on"),
-            ("OUTBOX_POLL_MS", "60000"),
-            ("RUST_LOG", "info,outbox_relay::relay=debug"),
-        ],
-    ))
-    .await;
+    let handler = tailing_handler(&db, &rx, &[("OUTBOX_POLL_MS", "60000")]).await;
     // The tail's first drain (at start) found nothing; wait until it watches.
     wait_until_watching(&handler, 1, Duration::from_secs(15)).await;
     assert!(
@@ -409,16 +414,11 @@ async fn an_entry_nobody_holds_is_relayed_at_once_by_the_change_stream() {
 async fn without_its_watch_the_tail_opens_no_change_stream_and_finds_unheld_entries_by_its_poll() {
     let db = TestDb::new().await;
     let rx = receiver::start().await;
-    let handler = Handler::standalone(&app_settings(
+    let handler = tailing_handler(
         &db,
         &rx,
-        &[
-            ("OUTBOX_TAIL", "on"),
-            ("OUTBOX_TAIL_WATCH", "off"),
-            ("OUTBOX_POLL_MS", "300"),
-            ("RUST_LOG", "info,outbox_relay::relay=debug"),
-        ],
-    ))
+        &[("OUTBOX_TAIL_WATCH", "off"), ("OUTBOX_POLL_MS", "300")],
+    )
     .await;
     let pushed = post(&handler, "pushed-1").await;
     assert!(
@@ -712,16 +712,7 @@ async fn the_tail_reopens_its_change_stream_after_mongod_restarts() {
     let db = TestDb::on(&uri, &[]).await;
     let rx = receiver::start().await;
     // The poll is a minute away: within the test only the change stream wakes the tail.
-    let handler = Handler::standalone(&app_settings(
-        &db,
-        &rx,
-        &[
-            ("OUTBOX_TAIL", "on"),
-            ("OUTBOX_POLL_MS", "60000"),
-            ("RUST_LOG", "info,outbox_relay::relay=debug"),
-        ],
-    ))
-    .await;
+    let handler = tailing_handler(&db, &rx, &[("OUTBOX_POLL_MS", "60000")]).await;
     wait_until_watching(&handler, 1, Duration::from_secs(15)).await;
     let before = insert_unheld(&db, "before-restart").await;
     assert!(
