@@ -8,7 +8,7 @@ use crate::support::host::handler_command;
 use crate::support::{TestDb, app_settings, receiver};
 
 /// What one doctor run printed and how it ended.
-struct Run {
+pub(crate) struct Run {
     ok: bool,
     report: Value,
     /// stdout and stderr together, for the secret checks.
@@ -16,7 +16,7 @@ struct Run {
 }
 
 impl Run {
-    fn check(&self, id: &str) -> &Value {
+    pub(crate) fn check(&self, id: &str) -> &Value {
         self.report["checks"]
             .as_array()
             .unwrap()
@@ -44,7 +44,9 @@ impl Run {
     }
 }
 
-async fn doctor(env: &[(String, String)]) -> Run {
+/// `handler outbox doctor --json` with `env`: its report, checked to be JSON whose `ok` follows
+/// the exit status.
+pub(crate) async fn doctor(env: &[(String, String)]) -> Run {
     let out = handler_command(&["outbox", "doctor", "--json"], env.iter().cloned())
         .output()
         .await

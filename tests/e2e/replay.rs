@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::support::host::handler_command;
+use crate::support::host::{handler_command, output_of};
 use crate::support::{TestDb, app_settings, drain, receiver, relay, settings, write_documents};
 
 fn command(env: &[(String, String)], args: &[&str]) -> tokio::process::Command {
@@ -18,15 +18,7 @@ fn command(env: &[(String, String)], args: &[&str]) -> tokio::process::Command {
 }
 
 async fn replay(env: &[(String, String)], args: &[&str]) -> (bool, String) {
-    let out = command(env, args).output().await.unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    output_of(&mut command(env, args)).await
 }
 
 fn t(t: DateTime<Utc>) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::host::handler_command;
+use crate::support::host::{handler_command, output_of};
 use crate::support::{ClientRequest, Handler, TestDb, app_settings, receiver};
 
 const NO_RETENTION: (&str, &str) = ("OUTBOX_RETENTION_HOURS", "0");
@@ -143,18 +143,7 @@ async fn outbox_command(env: &[(String, String)], args: &[&str]) -> (bool, Strin
     let args: Vec<&str> = std::iter::once("outbox")
         .chain(args.iter().copied())
         .collect();
-    let out = handler_command(&args, env.iter().cloned())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    output_of(&mut handler_command(&args, env.iter().cloned())).await
 }
 
 #[tokio::test]
@@ -164,14 +153,8 @@ async fn the_operator_commands_say_that_nothing_is_kept_and_a_replay_is_refused(
     let rx = receiver::start().await;
     let env = app_settings(&db, &rx, &[NO_RETENTION]);
 
-    let (_, out) = outbox_command(&env, &["doctor", "--json"]).await;
-    let report: Value = serde_json::from_str(&out[..=out.rfind('}').unwrap()]).expect(&out);
-    let ttl = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "database.ttl")
-        .unwrap_or_else(|| panic!("{report}"));
+    let doctor = crate::doctor::doctor(&env).await;
+    let ttl = doctor.check("database.ttl");
     assert_eq!(ttl["verdict"], "pass", "{ttl}");
     assert!(
         ttl["detail"]

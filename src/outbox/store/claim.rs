@@ -342,9 +342,9 @@ impl OutboxStore {
     }
 }
 
-/// The change that marks entries published. The lease token stays: it records which claim
-/// published the entry.
-/// Published at `now`, and held by no one (see [`fenced`]).
+/// The change that marks entries published at `now`. It clears the lease token, as every
+/// change that ends a hold does, so that the fenced filter by id stays on the `_id` index (see
+/// [`fenced`]).
 pub(super) fn published_at(now: DateTime<Utc>) -> Document {
     doc! { "$set": {
         field::STATUS: EntryStatus::Published.as_str(),

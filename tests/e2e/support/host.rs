@@ -37,6 +37,19 @@ where
     c
 }
 
+/// Runs `command` to its end: whether it succeeded, and what it printed (stdout, then stderr).
+pub async fn output_of(command: &mut Command) -> (bool, String) {
+    let out = command.output().await.unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// A running `handler` process.
 pub struct Handler {
     child: Child,

@@ -390,37 +390,32 @@ impl Drop for TestDb {
     }
 }
 
+/// A variable of the test support's own (`OUTBOX_TEST_*`), unset when empty.
+fn test_variable(name: &str) -> Option<String> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "test support reads its own variables"
+    )]
+    let value = std::env::var(name).ok();
+    value.filter(|v| !v.is_empty())
+}
+
 /// `OUTBOX_TEST_PLACEMENT`: the placement of every test that does not choose one (`make
 /// test` runs the ledger suites once more with `embedded`).
 pub fn test_placement() -> Option<String> {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "test support reads its own variable"
-    )]
-    let placement = std::env::var("OUTBOX_TEST_PLACEMENT").ok();
-    placement.filter(|p| !p.is_empty())
+    test_variable("OUTBOX_TEST_PLACEMENT")
 }
 
 /// `OUTBOX_TEST_RETENTION_HOURS`: the retention of every test database (`make test` runs part
 /// of the chaos suite once more with `0`: published entries deleted at once).
 pub fn test_retention_hours() -> Option<String> {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "test support reads its own variable"
-    )]
-    let hours = std::env::var("OUTBOX_TEST_RETENTION_HOURS").ok();
-    hours.filter(|h| !h.is_empty())
+    test_variable("OUTBOX_TEST_RETENTION_HOURS")
 }
 
 /// `OUTBOX_TEST_COSMOS_SHARD_KEY`: put every test database behind cosmos-ru-proxy with its
 /// documents' collection sharded on this field.
 pub fn test_shard_key() -> Option<String> {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "test support reads its own variable"
-    )]
-    let key = std::env::var("OUTBOX_TEST_COSMOS_SHARD_KEY").ok();
-    key.filter(|k| !k.is_empty())
+    test_variable("OUTBOX_TEST_COSMOS_SHARD_KEY")
 }
 
 /// The `host:port` of the replica set at `uri` (`mongodb://127.0.0.1:PORT/…`), for a proxy.
